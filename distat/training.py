@@ -1,0 +1,406 @@
+"""The training loop of one trial, free of Ray and MLflow.
+
+``run_trial(cfg, output_dir)`` trains for ``cfg.train.epochs`` epochs with AdamW and a linear
+warm-up/decay schedule, evaluates clean accuracy on the dev split after each epoch, writes a checkpoint
+after each epoch and calls ``on_epoch_end(metrics, checkpoint_dir)`` (the search layer reports to Tune
+from there). A run resumed from a checkpoint continues bit for bit like an uninterrupted one: the
+checkpoint holds the weights (safetensors), optimiser, scheduler, method state (adaptive weights, TA-VAT's
+table), every RNG state and the epoch, and each epoch's data order is a pure function of (seed, epoch).
+
+A non-finite loss or gradient norm stops the trial: the result is marked ``diverged`` and carries the
+last good epoch's metrics; the caller is never crashed by it.
+
+Under ``torch.distributed`` (Ray Train sets it up) the model is wrapped in DDP, each rank takes a strided
+shard of the epoch's order, and rank 0 alone writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from distat import data as data_mod
+from distat import methods
+from distat.config import TrialConfig
+from distat.errors import ModelError
+from distat.methods.base import StepContext
+from distat.models import autocast_factory, load_classifier, load_tokenizer, pick_device, resolve_backbone
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "epoch_"
+_STATE_FILE = "train_state.pt"
+_WEIGHTS_FILE = "model.safetensors"
+_META_FILE = "distat_meta.json"
+
+EpochCallback = Callable[[dict[str, float], Path | None], bool | None]
+
+
+@dataclass
+class TrialResult:
+    metrics: dict[str, float]  # the last good epoch's metrics (plus ``diverged``)
+    history: list[dict[str, float]] = field(default_factory=list)
+    diverged: bool = False
+    checkpoint: Path | None = None  # the newest checkpoint written
+    stopped_early: bool = False
+
+
+# --------------------------------------------------------------------------------------------------
+# setup
+
+
+@dataclass
+class _Parts:
+    model: nn.Module  # possibly DDP-wrapped
+    module: nn.Module
+    tokenizer: Any
+    train: data_mod.EncodedSplit
+    dev: data_mod.EncodedSplit
+    device: torch.device
+    method: methods.ATMethod
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def build_parts(cfg: TrialConfig, device: torch.device | None = None) -> _Parts:
+    dcfg = cfg.data
+    ds = data_mod.load_dataset(dcfg.path, splits=[dcfg.train_split, dcfg.dev_split], text_fields=dcfg.text_fields)
+    train_split = ds.split(dcfg.train_split).sample(dcfg.max_train_examples, seed=cfg.seed)
+    dev_split = ds.split(dcfg.dev_split).sample(dcfg.max_dev_examples, seed=cfg.seed)
+    path = resolve_backbone(cfg.model.backbone)
+    tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
+    max_length = min(dcfg.max_length, tokenizer.model_max_length)
+    seed_everything(cfg.seed)  # the classifier head's init is part of the trial's reproducibility
+    module = load_classifier(path, ds.num_labels, cfg.model.trust_remote_code)
+    device = device or pick_device(cfg.model.device)
+    module.to(device)
+    model: nn.Module = module
+    rank, world = _world()
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    method = methods.build(cfg.method)
+    method.setup(module)
+    return _Parts(
+        model=model, module=module, tokenizer=tokenizer, device=device, method=method,
+        train=data_mod.encode(train_split, tokenizer, max_length),
+        dev=data_mod.encode(dev_split, tokenizer, max_length),
+    )
+
+
+def make_optimizer(module: nn.Module, cfg: TrialConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.dim() < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.train.lr)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, total_steps: int, warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup = int(round(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The training order of an epoch: a pure function of (seed, epoch), so resuming needs no sampler state."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def _batches_per_epoch(n: int, batch_size: int, world: int) -> int:
+    return math.ceil((n // world) / batch_size)
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def evaluate(module: nn.Module, encoded: data_mod.EncodedSplit, batch_size: int, device: torch.device,
+             pad_token_id: int, autocast=None) -> dict[str, float]:
+    """Clean accuracy and loss of ``module`` on a split (eval mode, no dropout)."""
+    was_training = module.training
+    module.eval()
+    autocast = autocast or autocast_factory(device)
+    correct, total, loss_sum = 0, 0, 0.0
+    for batch in data_mod.iter_batches(encoded, batch_size, pad_token_id=pad_token_id):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        with autocast():
+            logits = module(**batch).logits.float()
+        loss_sum += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        correct += int((logits.argmax(-1) == labels).sum())
+        total += len(labels)
+    module.train(was_training)
+    return {"clean_acc": correct / max(total, 1), "dev_loss": loss_sum / max(total, 1)}
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _python_state(obj: Any) -> Any:
+    """random.getstate() nests tuples; torch.load(weights_only=True) wants plain containers back."""
+    if isinstance(obj, list):
+        return tuple(_python_state(x) for x in obj)
+    return obj
+
+
+def save_checkpoint(directory: Path, parts: _Parts, opt, sched, epoch: int, cfg: TrialConfig,
+                    history: list[dict[str, float]]) -> Path:
+    """Write ``directory/epoch_NNN`` atomically (a temp folder renamed into place) and return it."""
+    final = directory / f"{CHECKPOINT_PREFIX}{epoch:03d}"
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp_", dir=directory))
+    try:
+        module = parts.module
+        module.config.save_pretrained(tmp)
+        parts.tokenizer.save_pretrained(tmp)
+        state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+        save_file(_dedupe_shared(state), tmp / _WEIGHTS_FILE, metadata={"format": "pt"})
+        torch.save({
+            "epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "method": parts.method.state_dict(), "rng": _rng_state(), "history": history,
+        }, tmp / _STATE_FILE)
+        meta = {"epoch": epoch, "backbone": cfg.model.backbone, "num_labels": module.config.num_labels,
+                "method": cfg.method.label, "config": cfg.model_dump(mode="json")}
+        (tmp / _META_FILE).write_text(json.dumps(meta, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors sharing storage (tied weights): keep one name per storage."""
+    seen: dict[tuple[int, int], str] = {}
+    out: dict[str, torch.Tensor] = {}
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset())
+        if key in seen:
+            continue
+        seen[key] = name
+        out[name] = t
+    return out
+
+
+def prune_checkpoints(directory: Path, keep: int) -> None:
+    for old in list_checkpoints(directory)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints under ``directory``, oldest first."""
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+             and (p / _STATE_FILE).is_file() and (p / _WEIGHTS_FILE).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    found = list_checkpoints(directory)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path, parts: _Parts, opt, sched, cfg: TrialConfig) -> tuple[int, list[dict[str, float]]]:
+    """Restore everything ``save_checkpoint`` wrote; returns (epoch, history)."""
+    meta_path = path / _META_FILE
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("backbone") != cfg.model.backbone or meta.get("num_labels") != parts.module.config.num_labels:
+            raise ModelError(
+                f"checkpoint {path} was trained with backbone {meta.get('backbone')!r} and "
+                f"{meta.get('num_labels')} labels; this config has {cfg.model.backbone!r} and "
+                f"{parts.module.config.num_labels}"
+            )
+        if meta.get("method") != cfg.method.label:
+            raise ModelError(f"checkpoint {path} was trained with method {meta.get('method')!r}, "
+                             f"this config has {cfg.method.label!r}")
+    try:
+        weights = load_file(path / _WEIGHTS_FILE, device=str(parts.device))
+        missing, unexpected = parts.module.load_state_dict(weights, strict=False)
+        state = torch.load(path / _STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"checkpoint {path}: cannot read it: {type(e).__name__}: {e}") from None
+    tied = {k for k in missing if _is_tied(parts.module, k)}
+    if unexpected or set(missing) - tied:
+        raise ModelError(f"checkpoint {path} does not match the backbone "
+                         f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    parts.method.load_state_dict(state["method"])
+    rng = state["rng"]
+    rng["python"] = _python_state(rng["python"])
+    _set_rng_state(rng)
+    return int(state["epoch"]), list(state.get("history", []))
+
+
+def _is_tied(module: nn.Module, name: str) -> bool:
+    keys = getattr(module, "_tied_weights_keys", None) or []
+    return any(name.endswith(k) or k in name for k in keys)
+
+
+# --------------------------------------------------------------------------------------------------
+# the loop
+
+
+def run_trial(
+    cfg: TrialConfig,
+    output_dir: str | Path | None = None,
+    *,
+    resume_from: str | Path | None = None,
+    on_epoch_end: EpochCallback | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
+    device: torch.device | None = None,
+) -> TrialResult:
+    """Train one trial. ``resume_from`` is a checkpoint folder (see :func:`latest_checkpoint`).
+
+    ``on_epoch_end(metrics, checkpoint_dir)`` may return True to stop after that epoch; ``on_start(info)``
+    is called once data and model are loaded (sizes, device, steps per epoch).
+    """
+    out = Path(output_dir or cfg.output_dir)
+    ckpt_root = out / "checkpoints"
+    rank, world = _world()
+    seed_everything(cfg.seed)
+    parts = build_parts(cfg, device)
+    module, device = parts.module, parts.device
+    pad_id = parts.tokenizer.pad_token_id or 0
+    tcfg = cfg.train
+    steps_per_epoch = _batches_per_epoch(len(parts.train), tcfg.batch_size, world)
+    opt = make_optimizer(module, cfg)
+    sched = make_scheduler(opt, steps_per_epoch * tcfg.epochs, tcfg.warmup_ratio)
+    autocast = autocast_factory(device, cfg.model.bf16)
+    if on_start is not None:
+        on_start({"train_examples": len(parts.train), "dev_examples": len(parts.dev), "device": str(device),
+                  "num_labels": module.config.num_labels, "steps_per_epoch": steps_per_epoch, "world_size": world})
+
+    start_epoch, history = 0, []
+    if resume_from is not None:
+        start_epoch, history = load_checkpoint(Path(resume_from), parts, opt, sched, cfg)
+        log.info("resumed from %s (epoch %d)", resume_from, start_epoch)
+    else:
+        seed_everything(cfg.seed + 1)  # the step RNG stream: the same whether or not setup consumed RNG
+
+    def backward(loss: torch.Tensor, sync: bool = True) -> None:
+        if sync or world == 1:
+            loss.backward()
+        else:
+            with parts.model.no_sync():  # type: ignore[operator]
+                loss.backward()
+
+    ctx = StepContext(model=parts.model, module=module, backward=backward, autocast=autocast)
+    result = TrialResult(metrics=history[-1] if history else {}, history=history)
+    if history:
+        result.checkpoint = Path(resume_from) if resume_from else None
+
+    for epoch in range(start_epoch + 1, tcfg.epochs + 1):
+        module.train()
+        order = epoch_order(len(parts.train), cfg.seed, epoch)
+        order = order[: len(order) // world * world][rank::world]
+        loss_sum, steps, t0 = 0.0, 0, time.perf_counter()
+        log_sums: dict[str, float] = {}
+        bad: str | None = None
+        for batch in data_mod.iter_batches(parts.train, tcfg.batch_size, order=order, pad_token_id=pad_id):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            out_step = parts.method.train_step(ctx, batch)
+            loss_value = float(out_step.loss)
+            if not math.isfinite(loss_value):
+                bad = f"loss {loss_value} at epoch {epoch} step {steps + 1}"
+                break
+            if tcfg.max_grad_norm > 0:
+                gnorm = torch.nn.utils.clip_grad_norm_(module.parameters(), tcfg.max_grad_norm)
+                if not torch.isfinite(gnorm):
+                    bad = f"gradient norm {float(gnorm)} at epoch {epoch} step {steps + 1}"
+                    break
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            loss_sum += loss_value
+            steps += 1
+            for key, value in out_step.logs.items():
+                log_sums[key] = log_sums.get(key, 0.0) + value
+            if on_step is not None:
+                on_step(steps, loss_value)
+        if bad is not None:
+            opt.zero_grad(set_to_none=True)
+            log.warning("trial diverged: %s", bad)
+            result.diverged = True
+            result.metrics = {**(history[-1] if history else {}), "diverged": 1.0}
+            return result
+
+        metrics = {"epoch": float(epoch), "train_loss": loss_sum / max(steps, 1),
+                   "epoch_time_s": time.perf_counter() - t0, "diverged": 0.0}
+        metrics.update({key: total / max(steps, 1) for key, total in log_sums.items()})
+        metrics.update(evaluate(module, parts.dev, tcfg.eval_batch_size, device, pad_id, autocast))
+        metrics.update(parts.method.epoch_logs())
+        history.append(metrics)
+        ckpt: Path | None = None
+        if rank == 0:
+            ckpt = save_checkpoint(ckpt_root, parts, opt, sched, epoch, cfg, history)
+            prune_checkpoints(ckpt_root, tcfg.keep_checkpoints)
+        result.metrics, result.checkpoint = metrics, ckpt
+        if on_epoch_end is not None and on_epoch_end(metrics, ckpt):
+            result.stopped_early = epoch < tcfg.epochs
+            break
+    return result

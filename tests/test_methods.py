@@ -1,0 +1,225 @@
+"""The AT method contract, run over every method, and adaptive AT's identities."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distat import methods
+from distat.config import MethodConfig
+from distat.methods.adaptive import initial_weights, project_simplex
+from distat.methods.base import StepContext, embeds, forward_logits
+from distat.methods.perturb import Perturbation, increments
+
+ALL = ["standard", "fgm", "pgd", "freelb", "tavat", "trades", "adaptive_pgd", "adaptive_freelb", "adaptive_tavat"]
+PERTURBING = [m for m in ALL if m != "standard"]
+
+SENTENCES = [
+    "a stirring , funny and finally transporting re-imagining of beauty and the beast",
+    "apparently reassembled from the cutting-room floor of any given daytime soap .",
+    "they presume their audience wo n't sit still for a sociology lesson",
+    "this is a film well worth seeing , talking and singing heads and all .",
+]
+QUESTIONS = ["what is the film about ?", "who made it ?", "is it good ?", "when was it released ?"]
+
+
+def make_batch(tokenizer, pair: bool = False) -> dict[str, torch.Tensor]:
+    enc = tokenizer(QUESTIONS if pair else SENTENCES, SENTENCES if pair else None, padding=True,
+                    return_tensors="pt")
+    batch = {k: v for k, v in enc.items()}
+    batch["labels"] = torch.tensor([1, 0, 0, 1])
+    return batch
+
+
+def cfg_for(name: str, **kw) -> MethodConfig:
+    base = {"name": name, "adv_steps": 3, "adv_lr": 0.05, "init_mag": 0.05}
+    return MethodConfig.model_validate({**base, **kw})
+
+
+def step(method_name: str, model, batch, seed: int = 0, **kw):
+    method = methods.build(cfg_for(method_name, **kw))
+    method.setup(model)
+    torch.manual_seed(seed)
+    model.zero_grad(set_to_none=True)
+    return method, method.train_step(StepContext.plain(model), batch)
+
+
+def test_registry_lists_every_method():
+    assert set(methods.available()) == {"standard", "fgm", "pgd", "freelb", "tavat", "trades", "adaptive"}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_finite_loss_and_gradients_reach_parameters(name, tiny_model, tokenizer):
+    _, out = step(name, tiny_model, make_batch(tokenizer))
+    assert torch.isfinite(out.loss) and out.loss.item() > 0
+    emb = tiny_model.get_input_embeddings().weight.grad
+    head = tiny_model.classifier.weight.grad
+    assert emb is not None and head is not None
+    assert emb.abs().sum() > 0 and head.abs().sum() > 0
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in tiny_model.parameters())
+
+
+@pytest.mark.parametrize("name", PERTURBING)
+@pytest.mark.parametrize("norm_type", ["l2", "linf"])
+def test_perturbation_within_bound_and_masked(name, norm_type, tiny_model, tokenizer):
+    batch = make_batch(tokenizer)
+    bound = 0.02
+    method, out = step(name, tiny_model, batch, norm_type=norm_type, max_norm=bound, adv_lr=0.5, init_mag=0.01)
+    delta = out.delta
+    assert delta is not None and delta.abs().sum() > 0
+    pert = Perturbation(norm_type=norm_type, token_level=(name.endswith("tavat")))
+    assert (pert.norm(delta) <= bound * (1 + 1e-5)).all()
+    pad = batch["attention_mask"] == 0
+    assert pad.any() and delta[pad].abs().max() == 0
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_same_seed_same_loss(name, tiny_model, tokenizer):
+    batch = make_batch(tokenizer)
+    model_b = copy.deepcopy(tiny_model)
+    _, a = step(name, tiny_model, batch, seed=7)
+    _, b = step(name, model_b, batch, seed=7)
+    assert a.loss.item() == b.loss.item()
+    if name != "standard":
+        _, c = step(name, copy.deepcopy(model_b), batch, seed=8)
+        assert c.loss.item() != a.loss.item()  # the seed matters: random init / dropout
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_sentence_pairs(name, tiny_model, tokenizer):
+    batch = make_batch(tokenizer, pair=True)
+    assert (batch["token_type_ids"] == 1).any()
+    _, out = step(name, tiny_model, batch)
+    assert torch.isfinite(out.loss)
+    assert tiny_model.get_input_embeddings().weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_state_survives_checkpoint_restore(name, tiny_model, tokenizer):
+    method, _ = step(name, tiny_model, make_batch(tokenizer))
+    buf = io.BytesIO()
+    torch.save(method.state_dict(), buf)
+    buf.seek(0)
+    restored = methods.build(cfg_for(name))
+    restored.setup(tiny_model)
+    restored.load_state_dict(torch.load(buf, weights_only=True))
+    a, b = method.state_dict(), restored.state_dict()
+    assert a.keys() == b.keys()
+    flat_a, flat_b = _flatten(a), _flatten(b)
+    assert flat_a.keys() == flat_b.keys()
+    for key in flat_a:
+        assert torch.equal(flat_a[key], flat_b[key]), key
+    if name.startswith("adaptive"):
+        assert not torch.allclose(a["w"], initial_weights(3, "uniform"))  # w moved, and came back
+    if name.endswith("tavat"):
+        assert _flatten(a)[next(k for k in flat_a if k.endswith("seen"))].any()
+
+
+def _flatten(state, prefix=""):
+    out = {}
+    for k, v in state.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# adaptive AT
+
+
+def test_project_simplex():
+    w = project_simplex(torch.tensor([0.5, 0.9, -0.3]))
+    assert torch.allclose(w.sum(), torch.tensor(1.0)) and (w >= 0).all()
+    torch.testing.assert_close(w, torch.tensor([0.3, 0.7, 0.0]))
+    inside = torch.tensor([0.2, 0.3, 0.5])
+    torch.testing.assert_close(project_simplex(inside), inside)
+
+
+def test_w_ascends_and_stays_on_simplex(tiny_model, tokenizer):
+    method = methods.build(cfg_for("adaptive_pgd", w_lr=50.0))
+    method.setup(tiny_model)
+    batch = make_batch(tokenizer)
+    tiny_model.eval()
+    for _ in range(3):
+        torch.manual_seed(0)
+        tiny_model.zero_grad(set_to_none=True)
+        method.train_step(StepContext.plain(tiny_model), batch)
+        assert torch.isclose(method.w.sum(), torch.tensor(1.0)) and (method.w >= 0).all()
+    assert not torch.allclose(method.w, initial_weights(3, "uniform"))
+    logs = method.epoch_logs()
+    assert list(logs) == ["w_1", "w_2", "w_3"] and abs(sum(logs.values()) - 1) < 1e-6
+
+
+def test_adaptive_default_beta():
+    assert methods.build(cfg_for("adaptive_pgd", adv_steps=5)).beta == 5
+    assert methods.build(cfg_for("adaptive_tavat", adv_steps=5)).beta == 5
+    assert methods.build(cfg_for("adaptive_freelb", adv_steps=5)).beta == 3
+    assert methods.build(cfg_for("adaptive_pgd", adv_steps=5, beta=2.5)).beta == 2.5
+
+
+def test_uniform_w_and_beta_k_equals_pgd(tiny_model, tokenizer):
+    batch = make_batch(tokenizer)
+    tiny_model.eval()  # dropout off: both runs see the same network
+    for k in (1, 3, 5):
+        _, pgd = step("pgd", tiny_model, batch, seed=3, adv_steps=k)
+        _, ada = step("adaptive_pgd", tiny_model, batch, seed=3, adv_steps=k, w_lr=0.0)
+        torch.testing.assert_close(ada.loss, pgd.loss, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(ada.delta, pgd.delta, rtol=1e-5, atol=1e-7)
+
+
+def test_linear_w_approaches_freelb_as_step_shrinks(tiny_model, tokenizer):
+    """Eq. 10: with w_i ∝ k−i+1 and β = (k+1)/2, Ĵ → FreeLB's loss as α → 0, with error O(α²)."""
+    batch = make_batch(tokenizer)
+    tiny_model.eval()
+    gaps = []
+    for alpha in (0.3, 0.1, 0.03, 0.01):
+        kw = {"adv_steps": 4, "adv_lr": alpha, "init_mag": 0.0, "w_lr": 0.0}
+        _, free = step("freelb", tiny_model, batch, **kw)
+        _, ada = step("adaptive_freelb", tiny_model, batch, w_init="linear", **kw)
+        gaps.append(abs(ada.loss.item() - free.loss.item()))
+    assert all(a > b for a, b in zip(gaps, gaps[1:], strict=False)), gaps
+    assert gaps[-1] < gaps[0] / 100, gaps  # 30× smaller α: second-order error drops ~900×
+
+
+def test_first_order_taylor_error_shrinks_with_step(tiny_model, tokenizer):
+    """Eq. 8: L(x₀ + β Σ wᵢδᵢ) − [L(x₀) + ∇L·β Σ wᵢδᵢ] vanishes faster than the perturbation."""
+    batch = make_batch(tokenizer)
+    tiny_model.eval()
+    ctx = StepContext.plain(tiny_model)
+    x0 = embeds(tiny_model, batch).detach().requires_grad_(True)
+    loss0 = F.cross_entropy(forward_logits(tiny_model, tiny_model, batch, x0), batch["labels"])
+    (g,) = torch.autograd.grad(loss0, x0)
+    errors = []
+    for alpha in (0.2, 0.05, 0.0125):
+        method = methods.build(cfg_for("adaptive_pgd", adv_steps=3, adv_lr=alpha, init_mag=0.0))
+        torch.manual_seed(0)
+        points = method.base.perturbation_points(ctx, batch, x0.detach())
+        d = method.beta * torch.einsum("k,kbth->bth", method.w, torch.stack(increments(points)))
+        with torch.no_grad():
+            exact = F.cross_entropy(forward_logits(tiny_model, tiny_model, batch, x0 + d), batch["labels"])
+        linear = loss0 + (g * d).sum()
+        errors.append(abs(exact.item() - linear.item()))
+    assert errors[0] > errors[1] > errors[2], errors
+    assert errors[2] < errors[0] / 50, errors  # 16× smaller α → ~256× smaller error
+
+
+def test_increments_sum_to_last_point():
+    pts = [torch.randn(2, 3, 4) for _ in range(4)]
+    pts = [sum(pts[: i + 1]) for i in range(4)]
+    torch.testing.assert_close(sum(increments(pts)), pts[-1])
+
+
+def test_bad_method_configs():
+    with pytest.raises(ValueError, match="unknown method"):
+        MethodConfig(name="pgdd")
+    with pytest.raises(ValueError, match="needs base"):
+        MethodConfig(name="adaptive")
+    with pytest.raises(ValueError, match="only for method"):
+        MethodConfig(name="pgd", base="pgd")
+    assert MethodConfig(name="adaptive_freelb").base == "freelb"
