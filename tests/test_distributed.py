@@ -1,0 +1,86 @@
+"""Two DDP workers (gloo, CPU processes): adaptive weights and model weights stay identical."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from distat.config import parse_trial_config
+from helpers import shared_data_dir
+
+METHODS = ["adaptive_pgd", "freelb", "fgm", "trades"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, port: int, backbone: str, data: str, out: str) -> None:
+    from distat.training import run_trial
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        results = {}
+        for name in METHODS:
+            cfg = parse_trial_config({
+                "seed": 11,
+                "data": {"path": data, "max_train_examples": 32, "max_dev_examples": 8, "max_length": 24},
+                "model": {"backbone": backbone, "device": "cpu"},
+                "method": {"name": name, "adv_steps": 2, "w_lr": 30.0},
+                "train": {"epochs": 1, "batch_size": 4, "lr": 1e-3},
+                "output_dir": f"{out}/{name}",
+            })
+            captured = {}
+
+            def grab(metrics, ckpt, captured=captured):
+                captured["metrics"] = metrics
+
+            import distat.training as training
+
+            original = training.build_parts
+
+            def spy(cfg, device=None, captured=captured):
+                parts = original(cfg, device)
+                captured["parts"] = parts
+                return parts
+
+            training.build_parts = spy
+            try:
+                run_trial(cfg, on_epoch_end=grab)
+            finally:
+                training.build_parts = original
+            parts = captured["parts"]
+            results[name] = {
+                "metrics": {k: v for k, v in captured["metrics"].items() if k != "epoch_time_s"},
+                "weights_sum": float(sum(p.double().sum() for p in parts.module.parameters())),
+                "ddp": type(parts.model).__name__,
+            }
+        with open(f"{out}/rank{rank}.json", "w") as f:
+            json.dump(results, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_workers_end_the_epoch_with_the_same_w_and_weights(tmp_path, tiny_model_dir):
+    port = _free_port()
+    mp.spawn(_worker, args=(port, str(tiny_model_dir), str(shared_data_dir() / "sst2"), str(tmp_path)),
+             nprocs=2, join=True)
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    for name in METHODS:
+        assert r0[name]["ddp"] == "DistributedDataParallel"
+        assert r0[name]["weights_sum"] == r1[name]["weights_sum"], name  # DDP kept replicas equal
+    w0 = [r0["adaptive_pgd"]["metrics"][f"w_{i}"] for i in (1, 2)]
+    w1 = [r1["adaptive_pgd"]["metrics"][f"w_{i}"] for i in (1, 2)]
+    assert w0 == w1
+    assert w0 != [0.5, 0.5]  # w moved during the epoch, on both workers alike
+    assert (tmp_path / "adaptive_pgd" / "checkpoints" / "epoch_001").is_dir()  # rank 0 wrote it
