@@ -58,6 +58,8 @@ class TrialResult:
     diverged: bool = False
     checkpoint: Path | None = None  # the newest checkpoint written
     stopped_early: bool = False
+    model: nn.Module | None = field(default=None, repr=False)  # the trained bare model (for evaluation)
+    tokenizer: Any = field(default=None, repr=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -333,7 +335,8 @@ def run_trial(
     autocast = autocast_factory(device, cfg.model.bf16)
     if on_start is not None:
         on_start({"train_examples": len(parts.train), "dev_examples": len(parts.dev), "device": str(device),
-                  "num_labels": module.config.num_labels, "steps_per_epoch": steps_per_epoch, "world_size": world})
+                  "num_labels": module.config.num_labels, "steps_per_epoch": steps_per_epoch, "world_size": world,
+                  "model": parts.model})
 
     start_epoch, history = 0, []
     if resume_from is not None:
@@ -350,7 +353,8 @@ def run_trial(
                 loss.backward()
 
     ctx = StepContext(model=parts.model, module=module, backward=backward, autocast=autocast)
-    result = TrialResult(metrics=history[-1] if history else {}, history=history)
+    result = TrialResult(metrics=history[-1] if history else {}, history=history, model=module,
+                         tokenizer=parts.tokenizer)
     if history:
         result.checkpoint = Path(resume_from) if resume_from else None
 

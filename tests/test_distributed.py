@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import shared_data_dir
 
 from distat.config import parse_trial_config
-from helpers import shared_data_dir
 
 METHODS = ["adaptive_pgd", "freelb", "fgm", "trades"]
 
@@ -38,30 +38,13 @@ def _worker(rank: int, port: int, backbone: str, data: str, out: str) -> None:
                 "train": {"epochs": 1, "batch_size": 4, "lr": 1e-3},
                 "output_dir": f"{out}/{name}",
             })
-            captured = {}
-
-            def grab(metrics, ckpt, captured=captured):
-                captured["metrics"] = metrics
-
-            import distat.training as training
-
-            original = training.build_parts
-
-            def spy(cfg, device=None, captured=captured):
-                parts = original(cfg, device)
-                captured["parts"] = parts
-                return parts
-
-            training.build_parts = spy
-            try:
-                run_trial(cfg, on_epoch_end=grab)
-            finally:
-                training.build_parts = original
-            parts = captured["parts"]
+            info = {}
+            result = run_trial(cfg, on_start=info.update)
             results[name] = {
-                "metrics": {k: v for k, v in captured["metrics"].items() if k != "epoch_time_s"},
-                "weights_sum": float(sum(p.double().sum() for p in parts.module.parameters())),
-                "ddp": type(parts.model).__name__,
+                "metrics": {k: v for k, v in result.metrics.items() if k != "epoch_time_s"},
+                "weights_sum": float(sum(p.double().sum() for p in result.model.parameters())),
+                "wrapper": type(info["model"]).__name__,
+                "world_size": info["world_size"],
             }
         with open(f"{out}/rank{rank}.json", "w") as f:
             json.dump(results, f)
@@ -77,7 +60,7 @@ def test_two_workers_end_the_epoch_with_the_same_w_and_weights(tmp_path, tiny_mo
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())
     for name in METHODS:
-        assert r0[name]["ddp"] == "DistributedDataParallel"
+        assert r0[name]["wrapper"] == "DistributedDataParallel" and r0[name]["world_size"] == 2
         assert r0[name]["weights_sum"] == r1[name]["weights_sum"], name  # DDP kept replicas equal
     w0 = [r0["adaptive_pgd"]["metrics"][f"w_{i}"] for i in (1, 2)]
     w1 = [r1["adaptive_pgd"]["metrics"][f"w_{i}"] for i in (1, 2)]

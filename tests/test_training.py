@@ -83,28 +83,15 @@ def test_nan_loss_is_reported_as_diverged_not_raised(tmp_path, tiny_model_dir):
 
 def test_divergence_keeps_last_good_epoch(tmp_path, tiny_model_dir):
     calls = []
+    models = []
 
-    def blow_up_after_first_epoch(metrics, ckpt):
+    def poison_after_first_epoch(metrics, ckpt):
         calls.append(metrics)
-        for p in model_params:  # poison the weights: the next step's loss is NaN
+        for p in models[0].parameters():  # the next step's loss is NaN
             p.data.fill_(float("nan"))
 
-    import distat.training as training
-
-    model_params: list[torch.nn.Parameter] = []
-    original = training.build_parts
-
-    def spy(cfg, device=None):
-        parts = original(cfg, device)
-        model_params.extend(parts.module.parameters())
-        return parts
-
-    training.build_parts = spy
-    try:
-        result = run_trial(trial(tmp_path, tiny_model_dir, method={"name": "standard"}),
-                           on_epoch_end=blow_up_after_first_epoch)
-    finally:
-        training.build_parts = original
+    result = run_trial(trial(tmp_path, tiny_model_dir, method={"name": "standard"}),
+                       on_start=lambda info: models.append(info["model"]), on_epoch_end=poison_after_first_epoch)
     assert result.diverged and len(calls) == 1
     assert result.metrics["epoch"] == 1.0 and result.metrics["diverged"] == 1.0
     assert 0.0 <= result.metrics["clean_acc"] <= 1.0
