@@ -1,0 +1,1 @@
+"""Robust evaluation offline: attack resources, TextAttack recipes, the Ray actor pool, robust metrics."""
