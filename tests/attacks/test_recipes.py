@@ -1,0 +1,93 @@
+"""Every recipe runs offline on a tiny classifier and finds successful attacks on shared SST-2 rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from distat.attacks.evaluate import select_examples
+from distat.attacks.metrics import summarize
+from distat.attacks.recipes import RECIPES, AttackOptions, sim_threshold
+from distat.attacks.resources import ResourceError
+from distat.attacks.runner import AttackJob, AttackRunner
+from distat.data import load_dataset
+from distat.errors import DistatError
+from helpers import shared_data_dir
+
+
+def correctly_classified(model, tokenizer, n):
+    import torch
+
+    split = load_dataset(shared_data_dir() / "sst2", splits=["test"]).split("test")
+    examples = select_examples(split, 80, seed=3)
+    enc = tokenizer([e.text for e in examples], padding=True, truncation=True, max_length=48, return_tensors="pt")
+    with torch.no_grad():
+        preds = model(**enc).logits.argmax(-1).tolist()
+    return [e for e, p in zip(examples, preds, strict=True) if p == e.label][:n]
+
+
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if r != "bae"])
+def test_recipe_finds_successful_attacks(recipe, attack_paths, sst2_victim):
+    model, tokenizer = sst2_victim
+    examples = correctly_classified(model, tokenizer, 6)
+    runner = AttackRunner(AttackJob(recipe=recipe, resources=attack_paths, max_length=48), model, tokenizer)
+    records = runner.run(examples)
+    metrics = summarize(records)
+    assert metrics.skipped == 0 and metrics.succeeded >= 1, records
+    for r in records:
+        if r.status == "success":
+            assert r.perturbed_text != r.text and r.perturbed_pred != r.label
+            assert 1 <= r.words_perturbed <= r.words_total and r.num_queries > 0
+
+
+def test_max_modify_rate_caps_perturbed_words(attack_paths, sst2_victim):
+    model, tokenizer = sst2_victim
+    examples = correctly_classified(model, tokenizer, 6)
+    job = AttackJob(recipe="pwws", resources=attack_paths, max_length=48,
+                    options=AttackOptions(max_modify_rate=0.1, query_budget=500))
+    records = AttackRunner(job, model, tokenizer).run(examples)
+    for r in records:
+        assert r.words_perturbed <= max(1, int(0.1 * r.words_total) + 1), r
+        assert r.num_queries <= 500
+
+
+def test_pairs_perturb_only_the_sentence_side(attack_paths, tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    split = load_dataset(shared_data_dir() / "qnli", splits=["dev"]).split("dev")
+    examples = select_examples(split, 4, seed=0)
+    job = AttackJob(recipe="pwws", resources=attack_paths, text_fields=("question", "sentence"), max_length=64)
+    runner = AttackRunner(job, model, tokenizer)
+    for ex in examples:
+        record = runner.attack_one(ex)
+        assert record.other_text == ex.other_text and record.text == ex.text
+        if record.perturbed_text is not None:
+            assert ex.other_text not in record.perturbed_text or ex.other_text in ex.text
+
+
+def test_thresholds_come_from_the_calibration(attack_paths):
+    import json
+
+    calibrated = json.loads(attack_paths.calibration.read_text())["thresholds"]
+    assert calibrated["textbugger"] <= calibrated["textfooler"] <= calibrated["bae"]
+    assert sim_threshold(attack_paths, AttackOptions(), "textfooler") == calibrated["textfooler"]
+    assert sim_threshold(attack_paths, AttackOptions(sim_threshold=0.5), "bae") == 0.5
+
+
+def test_missing_resources_name_the_fix(tmp_path, attack_paths, sst2_victim):
+    import dataclasses
+
+    model, tokenizer = sst2_victim
+    empty = dataclasses.replace(attack_paths, wordnet=tmp_path / "none")
+    with pytest.raises(ResourceError, match="distat resources build"):
+        AttackRunner(AttackJob(recipe="pwws", resources=empty), model, tokenizer)
+    no_vectors = dataclasses.replace(attack_paths, word_vectors=tmp_path / "none.npz")
+    with pytest.raises(DistatError, match="none.npz"):
+        AttackRunner(AttackJob(recipe="textfooler", resources=no_vectors), model, tokenizer)
+
+
+def test_unknown_recipe(attack_paths, sst2_victim):
+    model, tokenizer = sst2_victim
+    with pytest.raises(DistatError, match="unknown attack recipe"):
+        AttackRunner(AttackJob(recipe="deepwordbug", resources=attack_paths), model, tokenizer)
