@@ -4,7 +4,6 @@ BERT briefly trained on shared SST-2 rows, so that it depends on words and can b
 from __future__ import annotations
 
 import pytest
-
 from helpers import shared_data_dir
 
 
