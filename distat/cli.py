@@ -82,6 +82,111 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shared_data() -> Path | None:
+    path = Path(os.environ.get("DISTAT_SHARED_DATA", "../shared/data"))
+    return path if path.is_dir() else None
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in (args.resource or []) if "=" in item)
+
+
+def cmd_resources(args: argparse.Namespace) -> int:
+    from distat.attacks import resources
+
+    cache = resources.cache_dir(args.cache_dir)
+    if args.action == "build":
+        shared = Path(args.shared_data) if args.shared_data else _shared_data()
+        lexical = Path(args.lexical) if args.lexical else (shared / "lexical" if shared else None)
+        options = resources.BuildOptions(lexical_dir=lexical, shared_data=shared, mlm_steps=args.mlm_steps,
+                                         extra_text=tuple(Path(p) for p in args.text or []))
+        parts = args.parts or list(resources.BUILDERS)
+        print(f"distat resources: building {', '.join(parts)} into {cache}", file=sys.stderr)
+        built = resources.build(cache, parts=parts, overrides=_overrides(args), options=options, force=args.force)
+        for part, path in built.items():
+            print(f"{part:<11} {path}")
+        return 0
+    report = resources.show(cache, _overrides(args))
+    width = max(len(k) for k in report)
+    for name, entry in report.items():
+        mark = "ok     " if entry["present"] else "MISSING"
+        print(f"{name:<{width}}  {mark}  {entry['path']}\n{'':<{width}}           {entry['note']}")
+    return 0 if all(e["present"] for e in report.values()) else 1
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from distat.attacks import resources
+    from distat.attacks.evaluate import robust_evaluate, select_examples
+    from distat.attacks.metrics import export_adversarial_tsv, write_records_csv
+    from distat.attacks.recipes import RECIPES, AttackOptions
+    from distat.attacks.runner import AttackJob
+    from distat.data import load_dataset
+    from distat.models import load_classifier, load_tokenizer, pick_device, resolve_backbone
+
+    if args.recipe not in RECIPES:
+        raise DistatError(f"unknown attack recipe {args.recipe!r} (choose from {', '.join(RECIPES)})")
+    if args.n is not None and args.n <= 0:
+        raise DistatError("--n must be positive")
+    paths = resources.resolve(resources.cache_dir(args.cache_dir), _overrides(args))
+    ds = load_dataset(args.data, splits=[args.split])
+    split = ds.split(args.split)
+    model_dir = resolve_backbone(args.model)
+    tokenizer = load_tokenizer(model_dir)
+    model = load_classifier(model_dir, ds.num_labels).to(pick_device(args.device)).eval()
+    examples = select_examples(split, args.n, args.seed)
+    options = AttackOptions(max_candidates=args.max_candidates, max_modify_rate=args.max_modify_rate,
+                            query_budget=args.query_budget, sim_threshold=args.sim_threshold)
+    job = AttackJob(recipe=args.recipe, resources=paths, options=options, text_fields=ds.text_fields,
+                    max_length=args.max_length, seed=args.seed)
+    print(f"distat attack: {args.recipe} on {len(examples)} examples of {args.data}:{args.split}, "
+          f"{args.actors or 'no'} actor(s)", file=sys.stderr)
+    bar = tqdm(total=len(examples), desc=args.recipe, unit="ex", disable=args.quiet)
+    ray = None
+    if args.actors > 0:
+        import ray
+
+        ray.init(address=args.address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 **({} if args.address else {"num_cpus": max(args.actors, 1)}))
+    try:
+        metrics, records = robust_evaluate(model, tokenizer, examples, job, actors=args.actors,
+                                           gpus_per_actor=args.gpus_per_actor,
+                                           progress=lambda done, total: bar.update(done - bar.n))
+    finally:
+        bar.close()
+        if ray is not None:
+            ray.shutdown()
+    if args.csv:
+        write_records_csv(records, args.csv)
+    if args.export:
+        pair = len(ds.text_fields) > 1
+        n = export_adversarial_tsv(records, args.export, text_field=ds.text_fields[-1],
+                                   other_field=ds.text_fields[0] if pair else None)
+        print(f"wrote {n} adversarial examples to {args.export}", file=sys.stderr)
+    rows = metrics.as_dict()
+    for key in ("n", "clean_acc", "robust_acc", "attack_success_rate", "perturbed_word_pct", "avg_queries",
+                "skipped", "failed", "succeeded"):
+        ci = f"  [{rows[key + '_lo']:.3f}, {rows[key + '_hi']:.3f}]" if f"{key}_lo" in rows else ""
+        value = int(rows[key]) if key in ("n", "skipped", "failed", "succeeded") else rows[key]
+        print(f"{key:<20} {_fmt(value)}{ci}")
+    return 0
+
+
+def cmd_static(args: argparse.Namespace) -> int:
+    from distat.attacks.static import load_static_set, static_eval
+    from distat.models import load_classifier, load_tokenizer, resolve_backbone
+
+    split = load_static_set(args.data, args.split, num_labels=args.num_labels)
+    model_dir = resolve_backbone(args.model)
+    num_labels = args.num_labels or max(2, max(split.labels) + 1)
+    model = load_classifier(model_dir, num_labels)
+    result = static_eval(model, load_tokenizer(model_dir), split, max_length=args.max_length)
+    for key, value in result.items():
+        print(f"{key:<14} {_fmt(value)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distat", description="Search adversarial-training settings.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
@@ -95,6 +200,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start over even if checkpoints exist")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    def resource_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--cache-dir", help="resource cache (default $DISTAT_CACHE_DIR or ~/.cache/distat)")
+        p.add_argument("--resource", action="append", metavar="NAME=PATH",
+                       help="override one resource path (wordnet, word_vectors, sentence_encoder, mlm, "
+                            "pos_model, calibration)")
+
+    p = sub.add_parser("resources", help="build or show the offline attack resources")
+    p.add_argument("action", choices=["build", "show"])
+    p.add_argument("--parts", nargs="+", help="build only these parts (nltk, vectors, similarity, mlm)")
+    p.add_argument("--lexical", help="counter-fitting pair files (default: $DISTAT_SHARED_DATA/lexical)")
+    p.add_argument("--shared-data", help="GLUE-style datasets for the MLM corpus and calibration")
+    p.add_argument("--text", action="append", help="extra text file for the MLM corpus (repeatable)")
+    p.add_argument("--mlm-steps", type=int, default=1500)
+    p.add_argument("--force", action="store_true", help="rebuild parts that already exist")
+    resource_flags(p)
+    p.set_defaults(func=cmd_resources)
+
+    p = sub.add_parser("attack", help="attack a classifier with a TextAttack recipe and print robust metrics")
+    p.add_argument("--model", required=True, help="a classifier folder (e.g. a checkpoint of distat train)")
+    p.add_argument("--data", required=True, help="dataset folder (GLUE layout) or builtin:/hf: name")
+    p.add_argument("--split", default="test")
+    p.add_argument("--recipe", default="textfooler", help="textfooler, textbugger, pwws or bae")
+    p.add_argument("--n", type=int, default=200, help="examples attacked (a fixed seeded subset)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--actors", type=int, default=2, help="Ray attack actors (0: attack in this process)")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0)
+    p.add_argument("--address", help="an existing Ray cluster (default: start a local one)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-candidates", type=int, help="K: candidates per word")
+    p.add_argument("--max-modify-rate", type=float, help="at most this fraction of words perturbed")
+    p.add_argument("--query-budget", type=int, help="model queries per example")
+    p.add_argument("--sim-threshold", type=float, help="sentence-encoder threshold (default: calibrated)")
+    p.add_argument("--csv", help="write every attacked example to this CSV")
+    p.add_argument("--export", help="write the successful adversarial examples as a static TSV set")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    resource_flags(p)
+    p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("static", help="accuracy on a saved adversarial set (AdvGLUE or one exported)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="a .tsv file or a folder (with --split)")
+    p.add_argument("--split")
+    p.add_argument("--num-labels", type=int)
+    p.add_argument("--max-length", type=int, default=128)
+    p.set_defaults(func=cmd_static)
     return parser
 
 
