@@ -21,8 +21,8 @@ def attack_paths():
 
 
 @pytest.fixture(scope="session")
-def sst2_victim(tmp_path_factory, tiny_model_dir):
-    """(model, tokenizer) of the tiny BERT fine-tuned for a few epochs on 600 SST-2 rows."""
+def victim_result(tmp_path_factory, tiny_model_dir):
+    """The tiny BERT fine-tuned for a few epochs on 600 SST-2 rows (a TrialResult)."""
     from distat.config import parse_trial_config
     from distat.training import run_trial
 
@@ -37,4 +37,10 @@ def sst2_victim(tmp_path_factory, tiny_model_dir):
     })
     result = run_trial(cfg)
     assert result.metrics["clean_acc"] > 0.6, result.metrics  # it learned something from words
-    return result.model.eval(), result.tokenizer
+    return result
+
+
+@pytest.fixture(scope="session")
+def sst2_victim(victim_result):
+    """(model, tokenizer) of the trained tiny victim."""
+    return victim_result.model.eval(), victim_result.tokenizer
