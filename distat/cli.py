@@ -187,6 +187,137 @@ def cmd_static(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init_ray(address: str | None) -> Any:
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=True,
+             logging_level=logging.ERROR)
+    return ray
+
+
+def _progress_callback(total: int) -> Any:
+    from ray.tune import Callback
+
+    class TrialProgress(Callback):
+        """One line per trial event on stderr: Tune's own table is too noisy for a terminal."""
+
+        def __init__(self, total: int) -> None:
+            self.total, self.done = total, 0
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            params = {k: v for k, v in trial.config.items() if not k.startswith("__")}
+            print(f"  start   {trial.trial_id}  {params}", file=sys.stderr)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get("phase") != "final" and "epoch" in result:
+                print(f"  epoch   {trial.trial_id}  epoch {int(result['epoch'])}  "
+                      f"clean_acc {result.get('clean_acc', float('nan')):.4f}", file=sys.stderr)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.done += 1
+            r = trial.last_result or {}
+            tag = "DIVERGED" if r.get("diverged") else ""
+            print(f"  done    {trial.trial_id}  clean_acc {r.get('clean_acc', float('nan')):.4f}  robust_acc "
+                  f"{r.get('robust_acc', float('nan')):.4f}  ({self.done}/{self.total}) {tag}", file=sys.stderr)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            print(f"  ERROR   {trial.trial_id}: see {trial.local_path}", file=sys.stderr)
+
+        def __reduce__(self):  # the experiment snapshot pickles callbacks: rebuild, don't pickle the class
+            return (_progress_callback, (self.total,))
+
+    return TrialProgress(total)
+
+
+def _print_front(points: list[Any], files: dict[str, Path], tracking_uri: str) -> None:
+    from distat.tracking.pareto import front_table, hypervolume, non_dominated
+
+    if not points:
+        print("no trial finished: nothing on the Pareto front (see the trial errors above)")
+        return
+    table = front_table(points)
+    on_front = [p for p, f in zip(points, non_dominated(points), strict=True) if f]
+    print(f"Pareto front ({len(on_front)} of {len(points)} trials, hypervolume {hypervolume(points):.4f}):")
+    cols = [c for c in table.columns if c in ("trial_id", "clean_acc", "robust_acc") or c.startswith("param.")]
+    print(table[table["on_front"]][cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    for kind, path in files.items():
+        print(f"{kind}: {path}")
+    print(f"open it in MLflow: mlflow ui --backend-store-uri {tracking_uri}")
+
+
+def _tracking_uri(arg: str | None) -> str:
+    from distat.tracking.mlflow import default_tracking_uri
+
+    return arg or default_tracking_uri()
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from distat.attacks import resources
+    from distat.search.space import describe, load_search_config
+    from distat.search.tuner import finish_search, start_search
+    from distat.tracking.mlflow import Tracker
+
+    scfg = load_search_config(args.config)
+    storage = Path(args.storage).resolve()
+    uri = _tracking_uri(args.tracking_uri)
+    cache = resources.cache_dir(args.cache_dir)
+    overrides = _overrides(args)
+    _check_attack_resources(cache, overrides, scfg.attack.recipe)
+    Tracker(uri, scfg.name, storage / scfg.name)  # an unreachable server fails here, before any training
+    print(describe(scfg), file=sys.stderr)
+    ray = _init_ray(args.address)
+    try:
+        start_search(scfg, storage=storage, tracking_uri=uri, cache_dir=cache, resource_overrides=overrides,
+                     callbacks=[_progress_callback(scfg.search.num_samples)])
+        points, files = finish_search(scfg, storage / scfg.name, uri)
+    finally:
+        ray.shutdown()
+    _print_front(points, files, uri)
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from distat.search.tuner import finish_search, load_state, resume_search
+
+    search_dir = Path(args.search_dir).resolve()
+    spec, scfg = load_state(search_dir)
+    ray = _init_ray(args.address)
+    try:
+        resume_search(search_dir)
+        points, files = finish_search(scfg, search_dir, spec["tracking_uri"])
+    finally:
+        ray.shutdown()
+    _print_front(points, files, spec["tracking_uri"])
+    return 0
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    from distat.search.tuner import load_state, trial_points
+    from distat.tracking.pareto import write_artifacts
+
+    search_dir = Path(args.search_dir).resolve()
+    spec, _ = load_state(search_dir)
+    points = trial_points(search_dir)
+    if not points:
+        raise DistatError(f"{search_dir}: no finished trial yet")
+    _print_front(points, write_artifacts(points, search_dir / "pareto"), spec["tracking_uri"])
+    return 0
+
+
+def _check_attack_resources(cache: Path, overrides: dict[str, str], recipe: str) -> None:
+    from distat.attacks import resources
+
+    report = resources.show(cache, overrides)
+    needed = {"pwws": ["wordnet"], "textfooler": ["wordnet", "word_vectors", "sentence_encoder", "pos_model"],
+              "textbugger": ["wordnet", "word_vectors", "sentence_encoder"],
+              "bae": ["wordnet", "mlm", "sentence_encoder", "pos_model"]}.get(recipe, [])
+    missing = [name for name in needed if not report[name]["present"]]
+    if missing:
+        raise DistatError(f"attack {recipe} needs {', '.join(missing)} in {cache}: run `distat resources build`")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distat", description="Search adversarial-training settings.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
@@ -247,6 +378,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-labels", type=int)
     p.add_argument("--max-length", type=int, default=128)
     p.set_defaults(func=cmd_static)
+
+    p = sub.add_parser("search", help="run a multi-objective search (clean vs robust accuracy) from a YAML")
+    p.add_argument("config", help="search-space YAML (see search_spaces/)")
+    p.add_argument("--storage", default="runs/searches", help="search results folder (shared by all nodes)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite mlflow.db in this folder)")
+    p.add_argument("--address", help="an existing Ray cluster, e.g. auto (default: start a local one)")
+    resource_flags(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("resume", help="continue a search whose driver stopped (Ctrl-C, SIGKILL, lost node)")
+    p.add_argument("search_dir")
+    p.add_argument("--address")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("pareto", help="print a search's Pareto front and rewrite its CSV/PNG/HTML")
+    p.add_argument("search_dir")
+    p.set_defaults(func=cmd_pareto)
     return parser
 
 

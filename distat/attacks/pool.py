@@ -53,7 +53,10 @@ class AttackPool:
         self.job = job
         self.n_actors = max(1, actors)
         self.max_restarts = max_restarts
-        self._remote = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)(_Actor)
+        # "DEFAULT" scheduling: actors started from inside a Tune trial must not be captured by the trial's
+        # tiny placement group; they take their own CPUs / GPU fractions from the cluster
+        self._remote = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
+                                  scheduling_strategy="DEFAULT")(_Actor)
         # the weights enter the object store once; every actor (and replacement) reads the same copy
         self._args = (job, model.config, ray.put(state_of(model)), tokenizer, gpus_per_actor > 0)
         self.actors = [self._spawn() for _ in range(self.n_actors)]

@@ -1,0 +1,803 @@
+"""Search spaces: a search YAML in, a validated :class:`SearchConfig` out, then one trial config per point.
+
+A search file (``search_spaces/*.yaml``) has these keys::
+
+    name: demo                 # [A-Za-z0-9_][A-Za-z0-9_.-]*: the results folder and the MLflow parent run
+    seed: 13                   # the search's seed: Optuna's sampler and the attacked dev subset
+    trial: {...}               # a TrialConfig without output_dir: the fixed settings of every trial
+    attack: {recipe: textfooler, n: 40, split: dev, actors: 1, cpus_per_actor: 1, gpus_per_actor: 0,
+             options: {max_candidates: ..., max_modify_rate: ..., query_budget: ..., sim_threshold: ...}}
+    search: {num_samples: 4, max_concurrent: 2, objectives: [clean_acc, robust_acc], clean_acc_floor: null}
+    resources: {num_workers: 1, use_gpu: false, cpus_per_worker: 1, gpus_per_worker: null}
+    params:                    # searched parameters, suggested in this order
+      method: {choice: [pgd, adaptive_pgd]}
+      adv_lr: {loguniform: [0.01, 0.1]}
+      adv_steps: {int: [1, 3], step: 1}
+      beta: {choice: [auto, 2.0], when: {method: [adaptive_pgd]}}
+
+A parameter has one distribution (``choice``, ``uniform``, ``loguniform`` or ``int``, both ends included),
+an optional ``step`` (``uniform`` and ``int``) and an optional ``when``: it is sampled only if every named
+categorical parameter, declared before it, took one of the listed values. Names are the short aliases of
+:data:`ALIASES` or dotted paths into the trial config (``data.max_length``). ``beta: auto`` means the
+method's default β.
+
+Relative local paths (``trial.data.path``, ``trial.model.backbone``) are resolved against the current
+directory at load time and stored absolute, because Ray runs each trial in its own working directory.
+
+Everything is checked when the file is loaded, before any cluster work: every problem is a one-line
+:class:`~distat.errors.ConfigError` naming the file and the key path, and every parameter's extreme values
+(each choice, each range end) are applied to the base trial and validated as a full trial config.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import os
+import re
+import types
+import typing
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, get_args, get_origin
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from distat.attacks.recipes import RECIPES, AttackOptions
+from distat.config import TrialConfig, read_yaml, set_dotted
+from distat.errors import ConfigError
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = [
+    "ALIASES",
+    "OBJECTIVES",
+    "AttackOptionSettings",
+    "AttackSettings",
+    "ParamSpec",
+    "ResourceSettings",
+    "SearchConfig",
+    "SearchSettings",
+    "apply_params",
+    "define_by_run",
+    "describe",
+    "load_search_config",
+    "param_names",
+    "param_target",
+    "parse_search_config",
+]
+
+#: Short parameter names → the TrialConfig path they set. ``None``: reserved for a feature that is not
+#: implemented yet (an error says so); enabling it is giving its path here.
+ALIASES: dict[str, str | None] = {
+    "method": "method.name",
+    "adv_lr": "method.adv_lr",  # α: step size of each ascent step
+    "adv_steps": "method.adv_steps",  # k
+    "init_mag": "method.init_mag",
+    "max_norm": "method.max_norm",
+    "norm_type": "method.norm_type",
+    "beta": "method.beta",  # adaptive AT's β; `auto` = the method's default
+    "w_lr": "method.w_lr",
+    "w_init": "method.w_init",
+    "trades_beta": "method.trades_beta",
+    "lr": "train.lr",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "weight_decay": "train.weight_decay",
+    "warmup_ratio": "train.warmup_ratio",
+    # AMDA (adversarial data augmentation + hidden-state mixup) arrives with a later issue.
+    "mixup_alpha": None,
+    "aug_ratio": None,
+}
+
+#: Targets where the categorical value ``auto`` stands for None (the method's own default).
+AUTO_IS_NONE = frozenset({"method.beta"})
+
+OBJECTIVES = ("clean_acc", "robust_acc")  # both maximised
+
+_NOT_SEARCHABLE = {
+    "output_dir": "output_dir is set by the search (one folder per trial)",
+    "method.base": "search `method` with adaptive_<base> values instead of method.base",
+}
+_PATH_TARGETS = ("data.path", "model.backbone")
+_REMOTE_DATA = ("builtin:", "hf:")
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_PLACEHOLDER_DIR = "<trial output_dir>"
+_KINDS = ("choice", "uniform", "loguniform", "int")
+
+# Numbers are strict: a string such as "3" in a search file is a mistake, not a number. Floats accept ints.
+Number = Annotated[float, Field(strict=True)]
+
+
+class _KeyedError(ValueError):
+    """A validation problem below the location pydantic knows: ``key`` is appended to its path."""
+
+    def __init__(self, key: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.key = tuple(str(k) for k in key)
+        self.message = message
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameter names and their config paths
+
+
+@functools.cache
+def _trial_fields() -> dict[str, Any]:
+    """Every leaf setting of TrialConfig: dotted path → its pydantic FieldInfo."""
+    out: dict[str, Any] = {}
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            if _is_model(info.annotation):
+                walk(info.annotation, f"{prefix}{name}.")
+            else:
+                out[prefix + name] = info
+
+    walk(TrialConfig, "")
+    return out
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def param_target(name: str) -> str:
+    """The TrialConfig path parameter ``name`` sets; ValueError saying why if it sets none."""
+    if name in ALIASES:
+        target = ALIASES[name]
+        if target is None:
+            raise ValueError(f"{name} is not available yet: AMDA (augmentation ratio, mixup α) comes with a "
+                             "later version of distat")
+        return target
+    if name in _NOT_SEARCHABLE:
+        raise ValueError(_NOT_SEARCHABLE[name])
+    if name not in _trial_fields():
+        aliases = ", ".join(a for a, t in ALIASES.items() if t is not None)
+        raise ValueError(f"unknown parameter {name!r}: use an alias ({aliases}) or a dotted path into the "
+                         "trial config such as data.max_length")
+    return name
+
+
+def _range_kinds(target: str) -> set[str]:
+    """The range distributions a target's type accepts (a choice fits every type)."""
+    annotation = _trial_fields()[target].annotation
+    members = get_args(annotation) if get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    if float in members:
+        return {"uniform", "loguniform", "int"}
+    return {"int"} if int in members else set()
+
+
+def _is_scalar(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or isinstance(value, str | int | bool)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    return "null" if value is None else str(value)
+
+
+def _fmt_list(values: typing.Iterable[Any]) -> str:
+    return "[" + ", ".join(_fmt(v) for v in values) + "]"
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+
+
+class ParamSpec(_Strict):
+    """One searched parameter: exactly one distribution, an optional step, an optional condition."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+    choice: tuple[Any, ...] | None = None  # categorical: str, number, bool or null values
+    uniform: tuple[Number, Number] | None = None
+    loguniform: tuple[Number, Number] | None = None
+    int_: tuple[StrictInt, StrictInt] | None = Field(default=None, alias="int")  # both ends included
+    step: Any = None  # uniform / int only; (high - low) must be a multiple of it
+    when: dict[str, tuple[Any, ...]] | None = None  # {earlier categorical param: [values]}, all must hold
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mapping(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a distribution such as {{choice: [...]}}, {{uniform: [low, high]}}, "
+                             f"{{loguniform: [low, high]}} or {{int: [low, high]}}, got {data!r} (fixed values "
+                             "belong in trial:)")
+        return data
+
+    @field_validator("uniform", "loguniform", "int_", mode="before")
+    @classmethod
+    def _pair(cls, value: Any) -> Any:
+        if value is not None and (not isinstance(value, list | tuple) or len(value) != 2):
+            raise ValueError(f"expected [low, high], got {value!r}")
+        return value
+
+    @field_validator("uniform", "loguniform", "int_")
+    @classmethod
+    def _range(cls, value: tuple[float, float] | None, info: ValidationInfo) -> tuple[float, float] | None:
+        if value is None:
+            return value
+        low, high = value
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError("low and high must be finite")
+        if low == high:
+            raise ValueError(f"empty range [{_fmt(low)}, {_fmt(high)}] (a fixed value belongs in trial:)")
+        if low > high:
+            raise ValueError(f"inverted range: low {_fmt(low)} > high {_fmt(high)}")
+        if info.field_name == "loguniform" and low <= 0:
+            raise ValueError(f"low must be > 0, got {_fmt(low)}")
+        return value
+
+    @field_validator("choice", mode="before")
+    @classmethod
+    def _choice_list(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, list | tuple):
+            raise ValueError(f"expected a list of values, got {value!r}")
+        return value
+
+    @field_validator("choice")
+    @classmethod
+    def _choices(cls, value: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("empty choice: give at least one value")
+        seen: set[tuple[bool, Any]] = set()
+        for i, v in enumerate(value):
+            if not _is_scalar(v):
+                raise _KeyedError((i,), f"choices must be strings, finite numbers, booleans or null, got {v!r}")
+            key = (isinstance(v, bool), v)
+            if key in seen:
+                raise _KeyedError((i,), f"{_fmt(v)} is listed twice")
+            seen.add(key)
+        return value
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _when_lists(cls, value: Any) -> Any:
+        if isinstance(value, dict):  # `when: {method: pgd}` means [pgd]
+            return {k: (v if isinstance(v, list | tuple) else [v]) for k, v in value.items()}
+        return value
+
+    @field_validator("when")
+    @classmethod
+    def _when(cls, value: dict[str, tuple[Any, ...]] | None) -> dict[str, tuple[Any, ...]] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("empty condition: name at least one earlier parameter")
+        for dep, values in value.items():
+            if not values:
+                raise _KeyedError((dep,), "empty list of values")
+            for i, v in enumerate(values):
+                if not _is_scalar(v):
+                    raise _KeyedError((dep, i), f"expected a string, number, boolean or null, got {v!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ParamSpec:
+        given = [k for k in _KINDS if self._raw(k) is not None]
+        if not given:
+            raise ValueError("give one distribution: choice, uniform, loguniform or int")
+        if len(given) > 1:
+            raise ValueError(f"give only one distribution, not {' and '.join(given)}")
+        kind = given[0]
+        step = self.step
+        if step is None:
+            return self
+        if kind not in ("uniform", "int"):
+            raise _KeyedError(("step",), f"step is only for uniform and int, not {kind}")
+        if isinstance(step, bool) or not isinstance(step, int | float) or not math.isfinite(step):
+            raise _KeyedError(("step",), f"expected a number, got {step!r}")
+        if step <= 0:
+            raise _KeyedError(("step",), f"must be > 0, got {_fmt(step)}")
+        low, high = self.bounds
+        if kind == "int":
+            if not isinstance(step, int):
+                raise _KeyedError(("step",), f"must be a whole number for int, got {step!r}")
+            if (high - low) % step:
+                raise _KeyedError(("step",), f"high - low ({high - low}) must be a multiple of step {step}")
+        else:
+            n = (high - low) / step
+            if abs(n - round(n)) > 1e-9 * max(1.0, abs(n)):
+                raise _KeyedError(("step",), f"high - low ({_fmt(high - low)}) must be a multiple of step "
+                                             f"{_fmt(step)}")
+        return self
+
+    def _raw(self, kind: str) -> Any:
+        return self.int_ if kind == "int" else getattr(self, kind)
+
+    @property
+    def kind(self) -> str:
+        """``choice``, ``uniform``, ``loguniform`` or ``int``."""
+        return next(k for k in _KINDS if self._raw(k) is not None)
+
+    @property
+    def bounds(self) -> tuple[Any, Any]:
+        """(low, high) of a range distribution."""
+        if self.kind == "choice":
+            raise TypeError("a choice has no bounds")
+        return self._raw(self.kind)
+
+    def points(self) -> Iterator[tuple[tuple[str | int, ...], Any]]:
+        """The values checked at load time, each with its key path: every choice, both range ends."""
+        if self.kind == "choice":
+            for i, value in enumerate(self.choice or ()):
+                yield ("choice", i), value
+        else:
+            low, high = self.bounds
+            yield (self.kind, 0), low
+            yield (self.kind, 1), high
+
+    def applies(self, chosen: dict[str, Any]) -> bool:
+        """Whether the condition holds for the values chosen so far (always, without ``when``)."""
+        return all(dep in chosen and chosen[dep] in values for dep, values in (self.when or {}).items())
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        """Ask an Optuna trial (or Ray's suggest-captor around one) for this parameter's value."""
+        kind = self.kind
+        if kind == "choice":
+            return trial.suggest_categorical(name, list(self.choice or ()))
+        low, high = self.bounds
+        if kind == "int":
+            return trial.suggest_int(name, low, high, step=self.step or 1)
+        if kind == "loguniform":
+            return trial.suggest_float(name, low, high, log=True)
+        return trial.suggest_float(name, low, high, step=None if self.step is None else float(self.step))
+
+    def describe(self) -> str:
+        kind = self.kind
+        text = f"choice {_fmt_list(self.choice or ())}" if kind == "choice" else f"{kind} {_fmt_list(self.bounds)}"
+        if self.step is not None:
+            text += f" step {_fmt(self.step)}"
+        if self.when:
+            text += "  if " + " and ".join(f"{dep} in {_fmt_list(v)}" for dep, v in self.when.items())
+        return text
+
+
+class AttackOptionSettings(_Strict):
+    """:class:`distat.attacks.recipes.AttackOptions` as YAML; null keeps the recipe's own value."""
+
+    max_candidates: StrictInt | None = Field(default=None, ge=1)  # K: candidates per word
+    max_modify_rate: Number | None = Field(default=None, gt=0, le=1)  # fraction of words perturbed at most
+    query_budget: StrictInt | None = Field(default=None, ge=1)  # model queries per example
+    sim_threshold: Number | None = Field(default=None, ge=-1, le=1)  # sentence-encoder cosine threshold
+
+    def to_options(self) -> AttackOptions:
+        return AttackOptions(**self.model_dump())
+
+
+class AttackSettings(_Strict):
+    """Robust evaluation of each trial's own model after training, on a fixed seeded dev subset."""
+
+    recipe: str = "textfooler"  # one of distat.attacks.recipes.RECIPES
+    n: StrictInt = Field(default=100, ge=1)  # examples attacked (the same subset for every trial)
+    split: str = "dev"  # the trial's data.dev_split; the objectives never look at test
+    actors: StrictInt = Field(default=1, ge=0)  # Ray attack actors; 0 = attack inside the trial
+    cpus_per_actor: Number = Field(default=1.0, gt=0)
+    gpus_per_actor: Number = Field(default=0.0, ge=0)
+    options: AttackOptionSettings = AttackOptionSettings()
+
+    @field_validator("recipe")
+    @classmethod
+    def _recipe(cls, value: str) -> str:
+        if value not in RECIPES:
+            raise ValueError(f"unknown attack recipe {value!r} (choose from {', '.join(RECIPES)})")
+        return value
+
+    @field_validator("split")
+    @classmethod
+    def _dev(cls, value: str) -> str:
+        if value != "dev":
+            raise ValueError(f"the search's objectives are measured on the dev split, not {value!r} "
+                             "(test is for the final report)")
+        return value
+
+    @field_validator("gpus_per_actor")
+    @classmethod
+    def _gpus(cls, value: float) -> float:
+        return _whole_above_one(value)
+
+
+class SearchSettings(_Strict):
+    """The Optuna side: how many trials, how many at once, the objectives."""
+
+    num_samples: StrictInt = Field(default=4, ge=1)  # trials in total
+    max_concurrent: StrictInt = Field(default=1, ge=1)  # trials running at once
+    objectives: tuple[str, ...] = OBJECTIVES  # both maximised; fixed for now
+    clean_acc_floor: Number | None = Field(default=None, ge=0, le=1)  # trials below it are infeasible
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if sorted(value) != sorted(OBJECTIVES):
+            raise ValueError(f"must be [{', '.join(OBJECTIVES)}] (both maximised), got [{', '.join(value)}]")
+        return value
+
+    @property
+    def modes(self) -> list[str]:
+        return ["max"] * len(self.objectives)
+
+
+class ResourceSettings(_Strict):
+    """Per trial: Ray Train workers (DDP across them) and what each one holds."""
+
+    num_workers: StrictInt = Field(default=1, ge=1)
+    use_gpu: StrictBool = False
+    cpus_per_worker: Number = Field(default=1.0, ge=0)
+    gpus_per_worker: Number | None = Field(default=None, ge=0)  # null: 1 with use_gpu, else 0
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _gpus(cls, value: float | None) -> float | None:
+        return None if value is None else _whole_above_one(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ResourceSettings:
+        if self.gpus_per_worker is not None:
+            if self.gpus_per_worker > 0 and not self.use_gpu:
+                raise _KeyedError(("gpus_per_worker",), "GPUs per worker need use_gpu: true")
+            if self.gpus_per_worker == 0 and self.use_gpu:
+                raise _KeyedError(("gpus_per_worker",), "must be > 0 with use_gpu: true")
+        if self.cpus_per_worker == 0 and not self.use_gpu:
+            raise _KeyedError(("cpus_per_worker",), "a worker without a GPU needs CPUs: must be > 0")
+        return self
+
+    @property
+    def gpus(self) -> float:
+        """GPUs per worker, with the default filled in."""
+        if self.gpus_per_worker is not None:
+            return self.gpus_per_worker
+        return 1.0 if self.use_gpu else 0.0
+
+    @property
+    def resources_per_worker(self) -> dict[str, float]:
+        """For ``ray.train.ScalingConfig(resources_per_worker=...)``."""
+        out = {"CPU": self.cpus_per_worker}
+        if self.gpus:
+            out["GPU"] = self.gpus
+        return out
+
+
+def _whole_above_one(value: float) -> float:
+    if value > 1 and value != int(value):
+        raise ValueError(f"fractions of a GPU are only possible below 1, got {_fmt(value)}")
+    return value
+
+
+class SearchConfig(_Strict):
+    """A whole search, validated; ``trial`` stays the raw mapping that every trial config starts from."""
+
+    name: str
+    seed: StrictInt = 0  # Optuna's sampler and the attacked dev subset (each trial trains with trial.seed)
+    trial: dict[str, Any] = Field(default_factory=dict)
+    attack: AttackSettings = AttackSettings()
+    search: SearchSettings = SearchSettings()
+    resources: ResourceSettings = ResourceSettings()
+    params: dict[str, ParamSpec]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absolute_paths(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if isinstance(data.get("trial"), dict):
+            trial = copy.deepcopy(data["trial"])
+            for target in _PATH_TARGETS:
+                section, key = target.split(".")
+                node = trial.get(section)
+                if isinstance(node, dict) and key in node:
+                    node[key] = _absolute(target, node[key])
+            data["trial"] = trial
+        if isinstance(data.get("params"), dict):
+            params = dict(data["params"])
+            for name, spec in params.items():
+                target = ALIASES.get(name, name)
+                if target in _PATH_TARGETS and isinstance(spec, dict) and isinstance(spec.get("choice"), list):
+                    params[name] = {**spec, "choice": [_absolute(target, v) for v in spec["choice"]]}
+            data["params"] = params
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME_RE.fullmatch(value):
+            raise ValueError(f"{value!r}: use letters, digits, '_', '.', '-' (not starting with '.' or '-')")
+        return value
+
+    @field_validator("trial")
+    @classmethod
+    def _trial(cls, trial: dict[str, Any]) -> dict[str, Any]:
+        if "output_dir" in trial:
+            raise _KeyedError(("output_dir",), "set by the search (one folder per trial): remove it")
+        try:
+            cfg = TrialConfig.model_validate({**trial, "output_dir": _PLACEHOLDER_DIR})
+        except ValidationError as e:
+            loc, msg = _first_problem(e, TrialConfig)
+            raise _KeyedError(loc, msg) from None
+        for target in _PATH_TARGETS:
+            problem = _path_problem(target, _get_dotted(cfg, target))
+            if problem:
+                raise _KeyedError(tuple(target.split(".")), problem)
+        return trial
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, params: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
+        if not params:
+            raise ValueError("give at least one searched parameter")
+        names = list(params)
+        targets: dict[str, str] = {}
+        for i, (name, spec) in enumerate(params.items()):
+            if not name or "/" in name:
+                raise _KeyedError((name,), "parameter names must be non-empty and without '/'")
+            try:
+                target = param_target(name)
+            except ValueError as e:
+                raise _KeyedError((name,), str(e)) from None
+            if target in targets:
+                raise _KeyedError((name,), f"sets {target}, like {targets[target]}")
+            targets[target] = name
+            kinds = _range_kinds(target)
+            if spec.kind != "choice" and spec.kind not in kinds:
+                hint = "use int: [low, high] or choice: [...]" if kinds else "use choice: [...]"
+                what = "whole numbers" if kinds else "no numbers"
+                raise _KeyedError((name, spec.kind), f"{target} takes {what}: {hint}")
+            for dep, values in (spec.when or {}).items():
+                if dep not in names[:i]:
+                    where = "declared after it" if dep in names else "not a searched parameter"
+                    raise _KeyedError((name, "when", dep), f"a condition needs a categorical parameter declared "
+                                                           f"before this one; {dep} is {where}")
+                dep_spec = params[dep]
+                if dep_spec.kind != "choice":
+                    raise _KeyedError((name, "when", dep), f"{dep} is not categorical ({dep_spec.kind}); "
+                                                           "conditions need a choice parameter")
+                for j, value in enumerate(values):
+                    if value not in (dep_spec.choice or ()):
+                        raise _KeyedError((name, "when", dep, j), f"{dep} cannot be {_fmt(value)} (its choices: "
+                                                                  f"{_fmt_list(dep_spec.choice or ())})")
+        return params
+
+    @model_validator(mode="after")
+    def _whole(self) -> SearchConfig:
+        base = TrialConfig.model_validate({**self.trial, "output_dir": _PLACEHOLDER_DIR})
+        if base.model.device == "cuda" and not self.resources.use_gpu:
+            raise _KeyedError(("trial", "model", "device"), "cuda needs resources.use_gpu: true")
+        if base.data.max_dev_examples is not None and self.attack.n > base.data.max_dev_examples:
+            raise _KeyedError(("attack", "n"), f"{self.attack.n} examples to attack but the dev split is cut to "
+                                               f"{base.data.max_dev_examples} (trial.data.max_dev_examples)")
+        # Every choice and range end, applied to the base trial (with the conditions that enable it).
+        for name, spec in self.params.items():
+            target = param_target(name)
+            enabling = self._enabling(name)
+            for key, value in spec.points():
+                try:
+                    _build({**enabling, name: value}, self.trial, _PLACEHOLDER_DIR)
+                except ValidationError as e:
+                    loc, msg = _first_problem(e, TrialConfig)
+                    raise _KeyedError(("params", name, *key), f"{_fmt(value)} makes an invalid trial: "
+                                                              f"{'.'.join(loc)}: {msg}") from None
+                problem = _path_problem(target, value)
+                if problem:
+                    raise _KeyedError(("params", name, *key), problem)
+        return self
+
+    def _enabling(self, name: str) -> dict[str, Any]:
+        """Values of the parameters that ``name``'s condition (transitively) needs: the first allowed."""
+        out: dict[str, Any] = {}
+        stack = [name]
+        while stack:
+            for dep, values in (self.params[stack.pop()].when or {}).items():
+                if dep not in out:
+                    out[dep] = values[0]
+                    stack.append(dep)
+        return out
+
+    def base_trial(self, output_dir: str = "runs/search") -> TrialConfig:
+        """The trial config before any searched parameter is applied."""
+        return apply_params(self, {}, output_dir)
+
+
+# --------------------------------------------------------------------------------------------------
+# Paths
+
+
+def _absolute(target: str, value: Any) -> Any:
+    if not isinstance(value, str) or not value.strip() or not _is_local(target, value):
+        return value
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def _is_local(target: str, value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    if target == "data.path":
+        return not value.startswith(_REMOTE_DATA)
+    return value != "default"
+
+
+def _path_problem(target: str, value: Any) -> str | None:
+    if target not in _PATH_TARGETS or not _is_local(target, value):
+        return None
+    path = Path(value).expanduser()
+    if target == "data.path":
+        if path.is_file():
+            return f"{value} is a file: give its folder ({path.parent})"
+        if not path.is_dir():
+            return f"dataset folder {value} does not exist (relative paths are resolved against the current " \
+                   "directory; builtin:<name> and hf:<name> are not paths)"
+    elif not path.is_dir():
+        return f"backbone folder {value} does not exist (give a local model folder or 'default')"
+    return None
+
+
+def _get_dotted(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+
+
+def _allowed_keys(root: type[BaseModel], parent: tuple[str, ...]) -> list[str] | None:
+    """The keys a mapping at ``parent`` (below ``root``) accepts, when it is one of our models."""
+    model, i = root, 0
+    while i < len(parent):
+        info = next((f for n, f in model.model_fields.items() if parent[i] in (n, f.alias)), None)
+        if info is None:
+            return None
+        annotation = info.annotation
+        if _is_model(annotation):
+            model, i = annotation, i + 1
+        elif get_origin(annotation) is dict and _is_model(get_args(annotation)[1]):
+            model, i = get_args(annotation)[1], i + 2  # skip the mapping's own key (a parameter name)
+        else:
+            return None
+    return [f.alias or n for n, f in model.model_fields.items() if not (model is TrialConfig and n == "output_dir")]
+
+
+def _first_problem(err: ValidationError, root: type[BaseModel]) -> tuple[tuple[str, ...], str]:
+    """The first problem of a pydantic error as (key path, message)."""
+    first = err.errors()[0]
+    loc = tuple(str(p) for p in first["loc"])
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, _KeyedError):
+        return loc + cause.key, cause.message
+    if first["type"] == "extra_forbidden":
+        allowed = _allowed_keys(root, loc[:-1])
+        return loc, "unknown key" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+    return loc, str(first["msg"]).removeprefix("Value error, ")
+
+
+def _format(err: ValidationError, source: str) -> str:
+    loc, msg = _first_problem(err, SearchConfig)
+    more = len(err.errors()) - 1
+    extra = f" (and {more} more problem(s))" if more else ""
+    return f"{source}: {'.'.join(loc) or '<top level>'}: {msg}{extra}"
+
+
+# --------------------------------------------------------------------------------------------------
+# API
+
+
+def load_search_config(path: str | os.PathLike[str]) -> SearchConfig:
+    """Read and validate a search YAML; any problem is a one-line ConfigError naming file and key."""
+    return parse_search_config(read_yaml(path), str(path))
+
+
+def parse_search_config(data: dict[str, Any], source: str = "<search>") -> SearchConfig:
+    """Validate an already parsed search mapping (``source`` names it in errors)."""
+    try:
+        return SearchConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format(e, source)) from None
+
+
+def param_names(cfg: SearchConfig) -> list[str]:
+    """The searched parameters, in the order they are suggested."""
+    return list(cfg.params)
+
+
+def define_by_run(cfg: SearchConfig) -> Callable[[optuna.Trial], dict[str, Any]]:
+    """An Optuna define-by-run function for ``OptunaSearch(space=...)``.
+
+    It suggests every parameter in declaration order, skipping a conditional one whose condition does
+    not hold (so it is absent from the trial's params). Ray captures the suggested values itself; the
+    returned mapping (constants merged into the Tune config) is empty.
+    """
+    specs = tuple(cfg.params.items())
+
+    def space(trial: optuna.Trial) -> dict[str, Any]:
+        chosen: dict[str, Any] = {}
+        for name, spec in specs:
+            if spec.applies(chosen):
+                chosen[name] = spec.suggest(trial, name)
+        return {}
+
+    return space
+
+
+def apply_params(cfg: SearchConfig, params: dict[str, Any], output_dir: str) -> TrialConfig:
+    """The full config of one trial: the base ``trial`` with the sampled ``params`` applied.
+
+    ``params`` may be any subset of the search's parameters (a missing one keeps the base value); an
+    unknown name is an error. ``method: adaptive_pgd`` goes through MethodConfig's shorthand; changing
+    the method keeps the base's method knobs. ``beta: auto`` is None (the method's default).
+    """
+    unknown = [name for name in params if name not in cfg.params]
+    if unknown:
+        raise ConfigError(f"search {cfg.name}: unknown parameter(s) {', '.join(map(str, unknown))} "
+                          f"(searched: {', '.join(cfg.params)})")
+    ordered = {name: params[name] for name in cfg.params if name in params}
+    try:
+        return _build(ordered, cfg.trial, output_dir)
+    except ValidationError as e:
+        loc, msg = _first_problem(e, TrialConfig)
+        raise ConfigError(f"search {cfg.name}: params {ordered}: {'.'.join(loc)}: {msg}") from None
+
+
+def _build(values: dict[str, Any], base: dict[str, Any], output_dir: str) -> TrialConfig:
+    data = copy.deepcopy(base)
+    for name, value in values.items():
+        target = param_target(name)
+        if target in AUTO_IS_NONE and value == "auto":
+            value = None
+        if target == "method.name":  # the name decides the base: drop the base trial's, keep the knobs
+            method = dict(data.get("method") or {})
+            method.pop("base", None)
+            method["name"] = value
+            data["method"] = method
+        else:
+            set_dotted(data, target, value)
+    data["output_dir"] = output_dir
+    return TrialConfig.model_validate(data)
+
+
+def describe(cfg: SearchConfig) -> str:
+    """A short human summary of a search, several lines."""
+    t = cfg.base_trial()
+    s, a, r = cfg.search, cfg.attack, cfg.resources
+    floor = f", infeasible below clean_acc {_fmt(s.clean_acc_floor)}" if s.clean_acc_floor is not None else ""
+    limits = [f"{k} {v}" for k, v in (("train ≤", t.data.max_train_examples), ("dev ≤", t.data.max_dev_examples))
+              if v is not None]
+    data = ", ".join([*limits, f"max_length {t.data.max_length}"])
+    if a.actors:
+        gpu = f" + {_fmt(a.gpus_per_actor)} GPU" if a.gpus_per_actor else ""
+        where = f"{a.actors} actor(s) × {_fmt(a.cpus_per_actor)} CPU{gpu}"
+    else:
+        where = "inside each trial"
+    gpu = f" + {_fmt(r.gpus)} GPU" if r.use_gpu else ", no GPU"
+    width = max(len(n) for n in cfg.params)
+    return "\n".join([
+        f"search {cfg.name}: {s.num_samples} trial(s), {s.max_concurrent} at a time, seed {cfg.seed}; "
+        f"maximise {' and '.join(s.objectives)}{floor}",
+        f"trial: {t.method.label} on {t.data.path} ({data}), backbone {t.model.backbone}, "
+        f"{t.train.epochs} epoch(s), batch {t.train.batch_size}, lr {_fmt(t.train.lr)}, seed {t.seed}",
+        f"attack: {a.recipe} on {a.n} {a.split} examples, {where}",
+        f"resources per trial: {r.num_workers} worker(s) × {_fmt(r.cpus_per_worker)} CPU{gpu}",
+        "params:",
+        *(f"  {name:<{width}}  {spec.describe()}" for name, spec in cfg.params.items()),
+    ])

@@ -1,0 +1,270 @@
+"""The search: Ray Tune + Optuna (two objectives) over trials that train on Ray Train and are then
+attacked by their own actor pool; MLflow runs; restore after the driver died.
+
+Layout of a search directory ``<storage>/<name>/`` (Tune's experiment folder, shared by all nodes):
+
+* ``distat_search.json``: the validated search config and the tracking URI, so ``distat resume`` needs
+  nothing but the folder;
+* ``trials/<trial_id>/``: distat's own per-epoch checkpoints (``checkpoints/epoch_NNN``), the training
+  result (``train_result.json``) and every attacked example (``attack.csv``). An in-flight trial restarts
+  from its newest checkpoint found here, whatever Tune's periodic experiment snapshot recorded;
+* ``pareto/``: the front as CSV, PNG and HTML (also on the MLflow parent run).
+
+Each trial is a Tune function trainable holding almost no CPU (``{"cpu": 0.01}``): the CPUs go to its
+Ray Train workers and, after training, to its attack actors, so 2 concurrent trials on 2 cores progress.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distat.errors import DistatError
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "distat_search.json"
+FINAL_FILE = "final.json"
+OBJECTIVES = ("clean_acc", "robust_acc")
+
+
+# --------------------------------------------------------------------------------------------------
+# inside a Ray Train worker
+
+
+def _train_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from distat.config import TrialConfig
+    from distat.training import latest_checkpoint, run_trial
+
+    cfg = TrialConfig.model_validate(config["trial"])
+    out = Path(config["output_dir"])
+    resume = latest_checkpoint(out / "checkpoints")
+    rank = ray.train.get_context().get_world_rank()
+
+    def on_epoch_end(metrics: dict[str, float], ckpt: Path | None) -> None:
+        ray.train.report({**metrics, "checkpoint_dir": str(ckpt or "")})
+
+    result = run_trial(cfg, out, resume_from=resume, on_epoch_end=on_epoch_end,
+                       device=ray.train.torch.get_device())
+    if rank == 0:
+        summary = {"metrics": result.metrics, "diverged": result.diverged, "history": result.history,
+                   "checkpoint": str(result.checkpoint) if result.checkpoint else None}
+        _write_json(out / "train_result.json", summary)
+
+
+# --------------------------------------------------------------------------------------------------
+# the Tune trainable: train on Ray Train, then attack with the actor pool
+
+
+def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from distat.search.space import SearchConfig, apply_params, param_names
+
+    scfg = SearchConfig.model_validate(spec["search"])
+    trial_id = tune.get_context().get_trial_id()
+    out = Path(spec["search_dir"]) / "trials" / trial_id
+    out.mkdir(parents=True, exist_ok=True)
+    params = {k: config[k] for k in param_names(scfg) if k in config}
+    tcfg = apply_params(scfg, params, str(out))
+    res = scfg.resources
+    per_worker = {"CPU": res.cpus_per_worker}
+    if res.use_gpu:
+        per_worker["GPU"] = res.gpus_per_worker or 1
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"trial": tcfg.model_dump(mode="json"), "output_dir": str(out)},
+        scaling_config=ray.train.ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
+                                               resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            name=f"train_{trial_id}", storage_path=str(out / "ray_train"),
+            callbacks=[TuneReportCallback()], failure_config=ray.train.FailureConfig(max_failures=2),
+        ),
+    )
+    trainer.fit()
+    summary = json.loads((out / "train_result.json").read_text())
+    train_metrics = {k: v for k, v in summary["metrics"].items() if isinstance(v, (int, float))}
+    final: dict[str, Any] = {**train_metrics, "phase": "final", "trial_dir": str(out)}
+    if summary["diverged"] or not summary["checkpoint"]:
+        final.update({"diverged": 1.0, "robust_acc": 0.0, "clean_acc": float(train_metrics.get("clean_acc", 0.0))})
+    else:
+        final.update(_robust_eval(scfg, spec, Path(summary["checkpoint"]), out))
+    _write_json(out / FINAL_FILE, {"trial_id": trial_id, "params": params, "metrics": final})
+    tune.report(final)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def _robust_eval(scfg: Any, spec: dict[str, Any], checkpoint: Path, out: Path) -> dict[str, float]:
+    from distat.attacks import resources
+    from distat.attacks.evaluate import robust_evaluate, select_examples
+    from distat.attacks.metrics import write_records_csv
+    from distat.attacks.runner import AttackJob
+    from distat.config import TrialConfig
+    from distat.data import load_dataset
+    from distat.models import load_classifier, load_tokenizer
+
+    tcfg = TrialConfig.model_validate(json.loads((checkpoint / "distat_meta.json").read_text())["config"])
+    att = scfg.attack
+    ds = load_dataset(tcfg.data.path, splits=[att.split], text_fields=tcfg.data.text_fields)
+    examples = select_examples(ds.split(att.split), att.n, seed=scfg.seed)
+    model = load_classifier(checkpoint, ds.num_labels).eval()
+    tokenizer = load_tokenizer(checkpoint)
+    paths = resources.resolve(Path(spec["cache_dir"]), spec.get("resource_overrides"))
+    job = AttackJob(recipe=att.recipe, resources=paths, options=att.options.to_options(),
+                    text_fields=ds.text_fields, max_length=tcfg.data.max_length, seed=scfg.seed)
+    metrics, records = robust_evaluate(model, tokenizer, examples, job, actors=att.actors,
+                                       cpus_per_actor=att.cpus_per_actor, gpus_per_actor=att.gpus_per_actor)
+    write_records_csv(records, out / "attack.csv")
+    robust = metrics.as_dict()
+    # the attacked subset's own clean accuracy is kept apart: clean_acc stays the full dev accuracy
+    robust["attack_clean_acc"] = robust.pop("clean_acc")
+    for key in ("clean_acc_lo", "clean_acc_hi"):
+        robust[f"attack_{key}"] = robust.pop(key)
+    return robust
+
+
+# --------------------------------------------------------------------------------------------------
+# the driver
+
+
+@dataclass
+class SearchPaths:
+    storage: Path
+    name: str
+
+    @property
+    def search_dir(self) -> Path:
+        return self.storage / self.name
+
+
+def _trainable(spec: dict[str, Any]) -> Any:
+    from ray import tune
+
+    # per-epoch reports carry clean accuracy only; robust accuracy comes with the final report, which is
+    # the one Optuna sees (Tune passes no intermediate results to it)
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+
+    return tune.with_resources(tune.with_parameters(_trial, spec=spec), {"cpu": 0.01})
+
+
+class _Space:
+    """A picklable define-by-run space (the searcher's state, this included, is pickled in snapshots)."""
+
+    def __init__(self, scfg: Any) -> None:
+        self.data = scfg.model_dump(mode="json", by_alias=True)
+        self._fn: Any = None
+
+    def __call__(self, trial: Any) -> Any:
+        if self._fn is None:
+            from distat.search.space import SearchConfig, define_by_run
+
+            self._fn = define_by_run(SearchConfig.model_validate(self.data))
+        return self._fn(trial)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"data": self.data, "_fn": None}
+
+
+def _searcher(scfg: Any) -> Any:
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(space=_Space(scfg), metric=list(OBJECTIVES), mode=["max", "max"], seed=scfg.seed)
+
+
+def _run_config(scfg: Any, paths: SearchPaths, tracking_uri: str, callbacks: list[Any]) -> Any:
+    from ray import tune
+
+    from distat.tracking.mlflow import MLflowTrialCallback
+
+    return tune.RunConfig(
+        name=paths.name, storage_path=str(paths.storage.resolve()),
+        callbacks=[MLflowTrialCallback(tracking_uri, scfg.name, paths.search_dir), *callbacks],
+        failure_config=tune.FailureConfig(max_failures=1), verbose=0,
+    )
+
+
+def start_search(scfg: Any, *, storage: Path, tracking_uri: str, cache_dir: Path,
+                 resource_overrides: dict[str, str] | None = None, callbacks: list[Any] = ()) -> Any:
+    """Run a new search to completion; returns Tune's ResultGrid."""
+    from ray import tune
+
+    paths = SearchPaths(storage=storage.resolve(), name=scfg.name)
+    if (paths.search_dir / STATE_FILE).exists():
+        raise DistatError(f"{paths.search_dir} already holds a search: `distat resume {paths.search_dir}` "
+                          "continues it, or pick another name / --storage")
+    paths.search_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"search": scfg.model_dump(mode="json", by_alias=True), "search_dir": str(paths.search_dir),
+            "cache_dir": str(cache_dir), "resource_overrides": resource_overrides or {},
+            "tracking_uri": tracking_uri}
+    (paths.search_dir / STATE_FILE).write_text(json.dumps(spec, indent=2))
+    tuner = tune.Tuner(
+        _trainable(spec),
+        tune_config=tune.TuneConfig(search_alg=_searcher(scfg), num_samples=scfg.search.num_samples,
+                                    max_concurrent_trials=scfg.search.max_concurrent),
+        run_config=_run_config(scfg, paths, tracking_uri, list(callbacks)),
+    )
+    return tuner.fit()
+
+
+def resume_search(search_dir: Path) -> tuple[Any, Any]:
+    """Restore a search from its directory after the driver stopped (even SIGKILL); returns (cfg, results)."""
+    from ray import tune
+
+    from distat.search.space import SearchConfig
+
+    state = search_dir / STATE_FILE
+    if not state.is_file():
+        raise DistatError(f"{search_dir}: not a distat search directory (no {STATE_FILE})")
+    spec = json.loads(state.read_text())
+    scfg = SearchConfig.model_validate(spec["search"])
+    if not tune.Tuner.can_restore(str(search_dir)):
+        raise DistatError(f"{search_dir}: Tune saved no experiment state yet; start the search again")
+    tuner = tune.Tuner.restore(str(search_dir), trainable=_trainable(spec), resume_unfinished=True,
+                               resume_errored=True)
+    return scfg, tuner.fit()
+
+
+def trial_points(search_dir: Path) -> list[Any]:
+    """One :class:`~distat.tracking.pareto.TrialPoint` per finished trial, read from the search directory
+    (complete on disk whatever happened to the driver or the tracking server)."""
+    from distat.tracking.pareto import TrialPoint
+
+    points = []
+    for final in sorted((search_dir / "trials").glob(f"*/{FINAL_FILE}")):
+        data = json.loads(final.read_text())
+        m = data["metrics"]
+        extra = {k: float(v) for k, v in m.items()
+                 if k.startswith(("attack_", "perturbed", "avg_queries", "robust_acc_")) and isinstance(v, (int, float))}
+        points.append(TrialPoint(trial_id=data["trial_id"], clean_acc=float(m.get("clean_acc", math.nan)),
+                                 robust_acc=float(m.get("robust_acc", math.nan)), params=data["params"],
+                                 diverged=bool(m.get("diverged", 0.0)), extra=extra))
+    return points
+
+
+def finish_search(scfg: Any, search_dir: Path, tracking_uri: str) -> tuple[list[Any], dict[str, Path]]:
+    """Pareto artifacts into ``search_dir/pareto`` and onto the MLflow parent run."""
+    from distat.tracking.mlflow import Tracker
+    from distat.tracking.pareto import write_artifacts
+
+    points = trial_points(search_dir)
+    files = write_artifacts(points, search_dir / "pareto")
+    tracker = Tracker(tracking_uri, scfg.name, search_dir)
+    tracker.log_artifacts(tracker.parent_id, search_dir / "pareto")
+    tracker.finish(tracker.parent_id)
+    return points, files

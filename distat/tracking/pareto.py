@@ -1,0 +1,529 @@
+"""The Pareto front of a search's trials over (clean accuracy, robust accuracy), both maximised.
+
+A trial is a :class:`TrialPoint`. Point ``p`` *dominates* ``q`` when ``p`` is at least as good as ``q`` in
+both objectives and strictly better in at least one; the front is the set of points no other point dominates.
+Consequences worth stating:
+
+* identical points do not dominate each other, so duplicates are all on the front;
+* of two points with the same clean accuracy only the one with the higher robust accuracy is on the front
+  (and the same with the roles swapped);
+* diverged trials and points whose objectives are not finite (NaN, ±inf) are never on the front and never
+  dominate anything: a trial that blew up must not hide a real one.
+
+Artifacts for the parent run of a search (:func:`write_artifacts`): ``pareto.csv`` (:func:`front_table`, one
+row per trial), ``pareto.png`` (matplotlib, Agg canvas, no pyplot global state) and ``pareto.html``: one
+self-contained file (inline SVG, a little vanilla JavaScript, no external resource) whose points sit at their
+objectives, front points coloured and joined by the staircase of the dominated region, dominated points grey,
+and a table of the front below. The SVG is complete without JavaScript (native ``<title>`` tooltips), so it
+still reads in viewers that sandbox scripts; the script adds a richer hover tooltip, row/point highlighting
+and a switch to hide dominated trials, and marks the root element ``data-pareto-ready="1"`` once it has run.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = [
+    "DIVERGED_COLOR",
+    "DOMINATED_COLOR",
+    "FRONT_COLOR",
+    "TrialPoint",
+    "front_table",
+    "hypervolume",
+    "non_dominated",
+    "pareto_front",
+    "plot_html",
+    "plot_png",
+    "write_artifacts",
+    "write_front_csv",
+]
+
+FRONT_COLOR = "#1f77b4"
+DOMINATED_COLOR = "#b3b3b3"
+DIVERGED_COLOR = "#7f7f7f"
+DEFAULT_TITLE = "Pareto front: clean vs robust accuracy"
+_CORE_COLUMNS = ("trial_id", "clean_acc", "robust_acc", "on_front", "diverged")
+
+
+@dataclass(frozen=True)
+class TrialPoint:
+    """One finished (or diverged) trial: its two objectives, the searched values and extra metrics."""
+
+    trial_id: str
+    clean_acc: float
+    robust_acc: float
+    params: dict[str, Any] = field(default_factory=dict)
+    diverged: bool = False
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # objectives arrive from metric dicts (numpy scalars, None for a trial that never reported)
+        object.__setattr__(self, "trial_id", str(self.trial_id))
+        object.__setattr__(self, "clean_acc", _as_float(self.clean_acc))
+        object.__setattr__(self, "robust_acc", _as_float(self.robust_acc))
+        object.__setattr__(self, "diverged", bool(self.diverged))
+
+    @property
+    def valid(self) -> bool:
+        """Whether the point takes part in the front: not diverged and both objectives finite."""
+        return not self.diverged and math.isfinite(self.clean_acc) and math.isfinite(self.robust_acc)
+
+    @property
+    def plottable(self) -> bool:
+        """Whether the point has a position (both objectives finite), diverged or not."""
+        return math.isfinite(self.clean_acc) and math.isfinite(self.robust_acc)
+
+
+def _as_float(value: Any) -> float:
+    if value is None:
+        return math.nan
+    return float(value)
+
+
+def non_dominated(points: Sequence[TrialPoint]) -> list[bool]:
+    """``True`` for each point on the Pareto front (maximising both objectives), in input order.
+
+    A sweep in ``O(n log n)``: points sorted by clean accuracy (descending), grouped by equal clean accuracy.
+    A point is on the front when it has the best robust accuracy of its group and that value beats every
+    robust accuracy seen among points with a strictly higher clean accuracy.
+    """
+    on_front = [False] * len(points)
+    order = sorted((i for i, p in enumerate(points) if p.valid), key=lambda i: -points[i].clean_acc)
+    best_higher = -math.inf  # best robust accuracy among points with a strictly higher clean accuracy
+    start = 0
+    while start < len(order):
+        clean = points[order[start]].clean_acc
+        end = start
+        while end < len(order) and points[order[end]].clean_acc == clean:
+            end += 1
+        group = order[start:end]
+        best_here = max(points[i].robust_acc for i in group)
+        if best_here > best_higher:
+            for i in group:
+                on_front[i] = points[i].robust_acc == best_here
+        best_higher = max(best_higher, best_here)
+        start = end
+    return on_front
+
+
+def pareto_front(points: Sequence[TrialPoint]) -> list[TrialPoint]:
+    """The points on the front, by clean accuracy descending (robust accuracy ascending), ties by trial id."""
+    front = [p for p, keep in zip(points, non_dominated(points), strict=True) if keep]
+    return sorted(front, key=lambda p: (-p.clean_acc, p.robust_acc, p.trial_id))
+
+
+def hypervolume(points: Sequence[TrialPoint], reference: tuple[float, float] = (0.0, 0.0)) -> float:
+    """Exact 2-D hypervolume (area) dominated by the front and bounded below by ``reference``.
+
+    Only front points strictly better than the reference in both objectives contribute; an empty front
+    gives 0.
+    With the front sorted by clean accuracy descending (so robust accuracy ascending), the area is the sum of
+    the horizontal slabs ``(clean_i - ref_clean) * (robust_i - robust_{i-1})`` with ``robust_0 = ref_robust``.
+    """
+    ref_clean, ref_robust = float(reference[0]), float(reference[1])
+    if not (math.isfinite(ref_clean) and math.isfinite(ref_robust)):
+        raise ValueError(f"hypervolume reference must be finite, got {reference!r}")
+    front = [p for p in pareto_front(points) if p.clean_acc > ref_clean and p.robust_acc > ref_robust]
+    area = 0.0
+    previous = ref_robust
+    for p in front:
+        area += (p.clean_acc - ref_clean) * (p.robust_acc - previous)
+        previous = p.robust_acc
+    return area
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, Mapping) and value:
+        for key, sub in value.items():
+            _flatten(f"{prefix}.{key}", sub, out)
+    else:
+        out[prefix] = value
+
+
+def front_table(points: Sequence[TrialPoint]) -> pd.DataFrame:
+    """One row per trial: ``trial_id, clean_acc, robust_acc, on_front, diverged``, then the searched values
+    as ``param.<name>`` columns (nested dicts flattened with dots, missing values empty), then the extras
+    under their own names. Rows: the front first, then by robust accuracy descending (NaN last), clean
+    accuracy descending, trial id.
+    """
+    flags = non_dominated(points)
+    rows: list[dict[str, Any]] = []
+    param_columns: dict[str, None] = {}
+    extra_columns: dict[str, None] = {}
+    for point, on_front in zip(points, flags, strict=True):
+        row: dict[str, Any] = {
+            "trial_id": point.trial_id,
+            "clean_acc": point.clean_acc,
+            "robust_acc": point.robust_acc,
+            "on_front": on_front,
+            "diverged": point.diverged,
+        }
+        flat: dict[str, Any] = {}
+        for name, value in point.params.items():
+            _flatten(f"param.{name}", value, flat)
+        param_columns.update(dict.fromkeys(flat))
+        for name in point.extra:
+            if name in _CORE_COLUMNS or name.startswith("param."):
+                raise ValueError(
+                    f"extra metric {name!r} of trial {point.trial_id!r} clashes with a column name"
+                )
+        extra_columns.update(dict.fromkeys(point.extra))
+        row.update(flat)
+        row.update(point.extra)
+        rows.append(row)
+    columns = [*_CORE_COLUMNS, *sorted(param_columns), *sorted(extra_columns)]
+    table = pd.DataFrame(rows, columns=columns)
+    if table.empty:
+        return table
+    table = table.sort_values(
+        ["on_front", "robust_acc", "clean_acc", "trial_id"],
+        ascending=[False, False, False, True],
+        na_position="last",
+        kind="mergesort",
+    )
+    return table.reset_index(drop=True)
+
+
+def write_front_csv(points: Sequence[TrialPoint], path: str | Path) -> Path:
+    """Write :func:`front_table` as CSV (no index) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    front_table(points).to_csv(path, index=False)
+    return path
+
+
+def _staircase(front: Sequence[TrialPoint]) -> list[tuple[float, float]]:
+    """Vertices of the front's staircase from the most robust point to the most accurate one: from each point
+    down to the next point's robust accuracy, then across to it (the boundary of the dominated region)."""
+    ordered = sorted(front, key=lambda p: (p.clean_acc, -p.robust_acc))
+    vertices: list[tuple[float, float]] = []
+    for i, p in enumerate(ordered):
+        if i:
+            vertices.append((ordered[i - 1].clean_acc, p.robust_acc))
+        vertices.append((p.clean_acc, p.robust_acc))
+    return vertices
+
+
+def plot_png(points: Sequence[TrialPoint], path: str | Path, title: str = DEFAULT_TITLE) -> Path:
+    """A PNG scatter of all trials: the front coloured and joined by its staircase, dominated trials grey,
+    diverged trials (where they have objectives) marked ×. Uses the Agg canvas directly (no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = non_dominated(points)
+    front = [p for p, keep in zip(points, flags, strict=True) if keep]
+    dominated = [p for p, keep in zip(points, flags, strict=True) if not keep and p.valid]
+    diverged = [p for p in points if p.diverged and p.plottable]
+    unplotted = sum(not p.plottable for p in points)
+
+    fig = Figure(figsize=(7.0, 5.0), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    if dominated:
+        ax.scatter([p.clean_acc for p in dominated], [p.robust_acc for p in dominated], s=28,
+                   color=DOMINATED_COLOR, label=f"dominated ({len(dominated)})", zorder=2)
+    if diverged:
+        ax.scatter([p.clean_acc for p in diverged], [p.robust_acc for p in diverged], s=40, marker="x",
+                   color=DIVERGED_COLOR, label=f"diverged ({len(diverged)})", zorder=2)
+    if front:
+        stairs = _staircase(front)
+        ax.plot([x for x, _ in stairs], [y for _, y in stairs], color=FRONT_COLOR, linewidth=1.6, zorder=3)
+        ax.scatter([p.clean_acc for p in front], [p.robust_acc for p in front], s=46, color=FRONT_COLOR,
+                   edgecolors="white", linewidths=0.8, label=f"Pareto front ({len(front)})", zorder=4)
+        if len(front) <= 15:
+            for p in front:
+                ax.annotate(p.trial_id, (p.clean_acc, p.robust_acc), textcoords="offset points",
+                            xytext=(5, 4), fontsize=7, color=FRONT_COLOR)
+    ax.set_xlabel("clean accuracy")
+    ax.set_ylabel("robust accuracy")
+    ax.set_title(title)
+    ax.grid(True, color="#e6e6e6", linewidth=0.8, zorder=0)
+    if unplotted:
+        ax.text(0.01, 0.01, f"{unplotted} trial(s) without finite objectives not shown",
+                transform=ax.transAxes, fontsize=7, color=DIVERGED_COLOR)
+    if front or dominated or diverged:
+        ax.legend(loc="best", fontsize=8, frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no trial to show", transform=ax.transAxes, ha="center", va="center")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------- HTML
+
+_WIDTH, _HEIGHT = 760, 520
+_MARGIN_LEFT, _MARGIN_RIGHT, _MARGIN_TOP, _MARGIN_BOTTOM = 70, 24, 20, 56
+
+
+def _nice_ticks(lo: float, hi: float, count: int = 6) -> tuple[float, float, list[float]]:
+    """An axis range covering ``[lo, hi]`` with about ``count`` round ticks (1, 2, 2.5 or 5 × 10^k apart)."""
+    if not hi > lo:
+        lo, hi = lo - 0.05, hi + 0.05
+    raw = (hi - lo) / max(count - 1, 1)
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * magnitude >= raw)
+    start = math.floor(lo / step + 1e-9) * step
+    stop = math.ceil(hi / step - 1e-9) * step
+    n = round((stop - start) / step)
+    ticks = [round(start + i * step, 12) for i in range(n + 1)]
+    return start, stop, ticks
+
+
+def _fmt(value: float) -> str:
+    return "NaN" if math.isnan(value) else f"{value:.4f}"
+
+
+def _param_text(value: Any) -> str:
+    """A parameter value for display: strings as they are, floats to 6 significant digits, else JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    try:
+        return json.dumps(value, sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 16px; color: #222; }
+h1 { font-size: 18px; margin: 0 0 4px 0; }
+p.summary { margin: 0 0 8px 0; color: #555; font-size: 13px; }
+#pareto-plot { display: block; max-width: 100%; height: auto; }
+.axis line, .axis path { stroke: #444; stroke-width: 1; }
+.grid line { stroke: #ececec; stroke-width: 1; }
+.axis text { font-size: 11px; fill: #333; }
+.axis-label { font-size: 13px; fill: #222; }
+.front-line { fill: none; stroke: FRONT; stroke-width: 2; }
+.point { cursor: pointer; }
+circle.front { fill: FRONT; stroke: #fff; stroke-width: 1; }
+circle.dominated { fill: DOMINATED; stroke: none; }
+path.diverged { stroke: DIVERGED; stroke-width: 2; fill: none; }
+.point.highlight { stroke: #000; stroke-width: 2.5; }
+svg.hide-dominated .dominated, svg.hide-dominated .diverged { display: none; }
+#pareto-tooltip { position: fixed; display: none; pointer-events: none; background: rgba(255,255,255,0.97);
+  border: 1px solid #999; border-radius: 4px; padding: 6px 8px; font-size: 12px; max-width: 360px;
+  box-shadow: 0 2px 6px rgba(0,0,0,0.15); white-space: pre-wrap; word-break: break-word; }
+table.front-table { border-collapse: collapse; margin-top: 12px; font-size: 13px; }
+table.front-table th, table.front-table td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; }
+table.front-table th { background: #f4f4f4; }
+table.front-table tr.highlight td { background: #e8f1fa; }
+label.toggle { font-size: 13px; }
+""".replace("FRONT", FRONT_COLOR).replace("DOMINATED", DOMINATED_COLOR).replace("DIVERGED", DIVERGED_COLOR)
+
+# Data reach the script only through data-* attributes (escaped) and leave it only through textContent, so no
+# trial id or parameter value is ever parsed as markup or code.
+_JS = """
+(function () {
+  "use strict";
+  var svg = document.getElementById("pareto-plot");
+  var tip = document.getElementById("pareto-tooltip");
+  var toggle = document.getElementById("show-dominated");
+  var rows = {};
+  Array.prototype.forEach.call(document.querySelectorAll("tr.front-row"), function (row) {
+    rows[row.getAttribute("data-trial")] = row;
+  });
+  function describe(el) {
+    var lines = ["trial " + el.getAttribute("data-trial"),
+                 "clean accuracy: " + el.getAttribute("data-clean"),
+                 "robust accuracy: " + el.getAttribute("data-robust"),
+                 "status: " + el.getAttribute("data-status")];
+    var params = {};
+    try { params = JSON.parse(el.getAttribute("data-params") || "{}"); } catch (e) { params = {}; }
+    Object.keys(params).sort().forEach(function (k) { lines.push(k + " = " + params[k]); });
+    return lines.join("\\n");
+  }
+  function setHighlight(trial, on) {
+    Array.prototype.forEach.call(svg.querySelectorAll(".point"), function (el) {
+      if (el.getAttribute("data-trial") === trial) { el.classList.toggle("highlight", on); }
+    });
+    if (rows[trial]) { rows[trial].classList.toggle("highlight", on); }
+  }
+  Array.prototype.forEach.call(svg.querySelectorAll(".point"), function (el) {
+    el.addEventListener("mouseenter", function (ev) {
+      tip.textContent = describe(el);
+      tip.style.display = "block";
+      setHighlight(el.getAttribute("data-trial"), true);
+    });
+    el.addEventListener("mousemove", function (ev) {
+      tip.style.left = (ev.clientX + 14) + "px";
+      tip.style.top = (ev.clientY + 14) + "px";
+    });
+    el.addEventListener("mouseleave", function () {
+      tip.style.display = "none";
+      setHighlight(el.getAttribute("data-trial"), false);
+    });
+  });
+  Object.keys(rows).forEach(function (trial) {
+    rows[trial].addEventListener("mouseenter", function () { setHighlight(trial, true); });
+    rows[trial].addEventListener("mouseleave", function () { setHighlight(trial, false); });
+  });
+  toggle.addEventListener("change", function () { svg.classList.toggle("hide-dominated", !toggle.checked); });
+  document.documentElement.setAttribute("data-pareto-ready", "1");
+})();
+"""
+
+
+def _svg(points: Sequence[TrialPoint], flags: Sequence[bool]) -> str:
+    shown = [(p, keep) for p, keep in zip(points, flags, strict=True) if p.plottable]
+    xs = [p.clean_acc for p, _ in shown] or [0.0, 1.0]
+    ys = [p.robust_acc for p, _ in shown] or [0.0, 1.0]
+    pad_x = 0.04 * (max(xs) - min(xs)) or 0.02
+    pad_y = 0.04 * (max(ys) - min(ys)) or 0.02
+    x_lo, x_hi, x_ticks = _nice_ticks(min(xs) - pad_x, max(xs) + pad_x)
+    y_lo, y_hi, y_ticks = _nice_ticks(min(ys) - pad_y, max(ys) + pad_y)
+    left, right = _MARGIN_LEFT, _WIDTH - _MARGIN_RIGHT
+    top, bottom = _MARGIN_TOP, _HEIGHT - _MARGIN_BOTTOM
+
+    def sx(v: float) -> float:
+        return left + (v - x_lo) / (x_hi - x_lo) * (right - left)
+
+    def sy(v: float) -> float:
+        return bottom - (v - y_lo) / (y_hi - y_lo) * (bottom - top)
+
+    out = [
+        f'<svg id="pareto-plot" width="{_WIDTH}" height="{_HEIGHT}" viewBox="0 0 {_WIDTH} {_HEIGHT}" '
+        'role="img" aria-label="clean accuracy vs robust accuracy of every trial">',
+        '<g class="grid">',
+    ]
+    out += [f'<line x1="{sx(t):.2f}" y1="{top}" x2="{sx(t):.2f}" y2="{bottom}"/>' for t in x_ticks]
+    out += [f'<line x1="{left}" y1="{sy(t):.2f}" x2="{right}" y2="{sy(t):.2f}"/>' for t in y_ticks]
+    out.append("</g>")
+    out.append('<g class="axis">')
+    out.append(f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}"/>')
+    out.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}"/>')
+    for t in x_ticks:
+        out.append(f'<line x1="{sx(t):.2f}" y1="{bottom}" x2="{sx(t):.2f}" y2="{bottom + 5}"/>')
+        out.append(f'<text x="{sx(t):.2f}" y="{bottom + 18}" text-anchor="middle">{t:g}</text>')
+    for t in y_ticks:
+        out.append(f'<line x1="{left - 5}" y1="{sy(t):.2f}" x2="{left}" y2="{sy(t):.2f}"/>')
+        out.append(f'<text x="{left - 8}" y="{sy(t) + 4:.2f}" text-anchor="end">{t:g}</text>')
+    out.append(f'<text class="axis-label" x="{(left + right) / 2:.2f}" y="{_HEIGHT - 14}" '
+               'text-anchor="middle">clean accuracy</text>')
+    out.append(f'<text class="axis-label" x="18" y="{(top + bottom) / 2:.2f}" text-anchor="middle" '
+               f'transform="rotate(-90 18 {(top + bottom) / 2:.2f})">robust accuracy</text>')
+    out.append("</g>")
+
+    front = [p for p, keep in shown if keep]
+    if len(front) > 1:
+        coords = " ".join(f"{sx(x):.2f},{sy(y):.2f}" for x, y in _staircase(front))
+        out.append(f'<polyline class="front-line" points="{coords}"/>')
+
+    # dominated and diverged first, so front points are drawn on top
+    layers = sorted(shown, key=lambda item: item[1])
+    out.append('<g class="points">')
+    for p, keep in layers:
+        status = "front" if keep else ("diverged" if p.diverged else "dominated")
+        params = {k: _param_text(v) for k, v in p.params.items()}
+        attrs = (
+            f'class="point {status}" data-trial="{_esc(p.trial_id)}" data-clean="{_fmt(p.clean_acc)}" '
+            f'data-robust="{_fmt(p.robust_acc)}" data-status="{status}" '
+            f'data-params="{_esc(json.dumps(params, sort_keys=True))}"'
+        )
+        title = "\n".join([
+            f"trial {p.trial_id} ({status})",
+            f"clean accuracy {_fmt(p.clean_acc)}",
+            f"robust accuracy {_fmt(p.robust_acc)}",
+            *(f"{k} = {v}" for k, v in sorted(params.items())),
+        ])
+        x, y = sx(p.clean_acc), sy(p.robust_acc)
+        if status == "diverged":
+            d = (f"M{x - 5:.2f},{y - 5:.2f} L{x + 5:.2f},{y + 5:.2f} "
+                 f"M{x - 5:.2f},{y + 5:.2f} L{x + 5:.2f},{y - 5:.2f}")
+            out.append(f'<path {attrs} d="{d}"><title>{_esc(title)}</title></path>')
+        else:
+            radius = 6 if keep else 4.5
+            out.append(f'<circle {attrs} cx="{x:.2f}" cy="{y:.2f}" r="{radius}"><title>{_esc(title)}</title>'
+                       "</circle>")
+    out.append("</g>")
+    if not shown:
+        out.append(f'<text x="{(left + right) / 2:.2f}" y="{(top + bottom) / 2:.2f}" text-anchor="middle">'
+                   "no trial to show</text>")
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _front_html_table(points: Sequence[TrialPoint]) -> str:
+    front = sorted(pareto_front(points), key=lambda p: (-p.robust_acc, -p.clean_acc, p.trial_id))
+    names = sorted({name for p in front for name in p.params})
+    head = "".join(f"<th>{_esc(n)}</th>" for n in ["trial", "clean accuracy", "robust accuracy", *names])
+    body = []
+    for p in front:
+        cells = [p.trial_id, _fmt(p.clean_acc), _fmt(p.robust_acc)]
+        cells += [_param_text(p.params[n]) if n in p.params else "" for n in names]
+        tds = "".join(f"<td>{_esc(c)}</td>" for c in cells)
+        body.append(f'<tr class="front-row" data-trial="{_esc(p.trial_id)}">{tds}</tr>')
+    return (
+        f'<table class="front-table" id="front-table"><caption>Pareto front ({len(front)} trials)</caption>'
+        f"<thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(body) + "\n</tbody></table>"
+    )
+
+
+def plot_html(points: Sequence[TrialPoint], path: str | Path, title: str = DEFAULT_TITLE) -> Path:
+    """Write one self-contained interactive HTML page of the trials (see the module docstring)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = non_dominated(points)
+    n_front = sum(flags)
+    n_diverged = sum(p.diverged for p in points)
+    n_unplotted = sum(not p.plottable for p in points)
+    n_dominated = len(points) - n_front - n_diverged
+    summary = (f"{len(points)} trials: {n_front} on the front, {n_dominated} dominated, "
+               f"{n_diverged} diverged; hypervolume (reference 0, 0) {hypervolume(points):.4f}")
+    if n_unplotted:
+        summary += f"; {n_unplotted} without finite objectives not plotted"
+    page = "\n".join([
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_esc(title)}</title>",
+        f"<style>{_CSS}</style>",
+        "</head>",
+        "<body>",
+        f"<h1>{_esc(title)}</h1>",
+        f'<p class="summary">{_esc(summary)}</p>',
+        '<label class="toggle"><input type="checkbox" id="show-dominated" checked> show dominated and '
+        "diverged trials</label>",
+        _svg(points, flags),
+        '<div id="pareto-tooltip" role="tooltip"></div>',
+        _front_html_table(points),
+        f"<script>{_JS}</script>",
+        "</body>",
+        "</html>",
+        "",
+    ])
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def write_artifacts(
+    points: Sequence[TrialPoint], folder: str | Path, title: str = DEFAULT_TITLE
+) -> dict[str, Path]:
+    """Write ``pareto.csv``, ``pareto.png`` and ``pareto.html`` into ``folder``.
+
+    Returns their paths under the keys ``csv``, ``png`` and ``html``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return {
+        "csv": write_front_csv(points, folder / "pareto.csv"),
+        "png": plot_png(points, folder / "pareto.png", title=title),
+        "html": plot_html(points, folder / "pareto.html", title=title),
+    }

@@ -1,0 +1,412 @@
+"""Search spaces: the shipped YAMLs, one-line validation errors, Optuna define-by-run, per-trial configs."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+
+from distat.attacks.recipes import AttackOptions
+from distat.config import TrialConfig
+from distat.errors import ConfigError
+from distat.search.space import (
+    ALIASES,
+    AttackOptionSettings,
+    SearchConfig,
+    apply_params,
+    define_by_run,
+    describe,
+    load_search_config,
+    param_names,
+    parse_search_config,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ("demo", "adaptive_pgd", "adaptive_freelb", "baselines")
+
+ADAPTIVE = ["adaptive_pgd", "adaptive_freelb"]
+
+# A valid search on embedded defaults (no local paths), the starting point of every bad-input case.
+BASE: dict[str, Any] = {
+    "name": "t",
+    "seed": 3,
+    "trial": {
+        "data": {"path": "builtin:rotten_tomatoes", "max_train_examples": 50, "max_dev_examples": 40,
+                 "max_length": 32},
+        "model": {"backbone": "default"},
+        "method": {"name": "pgd", "adv_steps": 2, "init_mag": 0.07},
+        "train": {"epochs": 1, "batch_size": 8},
+    },
+    "attack": {"recipe": "textfooler", "n": 20, "split": "dev", "actors": 1,
+               "options": {"max_modify_rate": 0.3}},
+    "search": {"num_samples": 4, "max_concurrent": 2},
+    "resources": {"num_workers": 1, "use_gpu": False, "cpus_per_worker": 1},
+    "params": {
+        "method": {"choice": ["pgd", "freelb", *ADAPTIVE]},
+        "adv_lr": {"loguniform": [0.01, 0.1]},
+        "adv_steps": {"int": [1, 3]},
+        "beta": {"choice": ["auto", 1.0, 2.0], "when": {"method": ADAPTIVE}},
+        "w_lr": {"uniform": [0.5, 2.0], "step": 0.5, "when": {"method": ADAPTIVE}},
+    },
+}
+
+
+def _config(**changes: Any) -> dict[str, Any]:
+    """BASE with dotted-key changes; a value of ``...`` deletes the key."""
+    data = copy.deepcopy(BASE)
+    for key, value in changes.items():
+        *parents, last = key.split("__")
+        node = data
+        for part in parents:
+            node = node[part]
+        if value is ...:
+            del node[last]
+        else:
+            node[last] = value
+    return data
+
+
+def _write(tmp_path: Path, data: dict[str, Any] | str) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Shipped search spaces
+
+
+@pytest.mark.parametrize("stem", SHIPPED)
+def test_shipped_search_spaces_load(stem: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = ROOT / "search_spaces" / f"{stem}.yaml"
+    text = path.read_text(encoding="utf-8")
+    assert text.splitlines()[0].startswith(f"# distat search search_spaces/{stem}.yaml")
+    if "../shared/data" in text and not (ROOT.parent / "shared" / "data").is_dir():
+        pytest.skip("shared data not found next to the repository")
+    monkeypatch.chdir(ROOT)  # relative paths in a search file are resolved against the current directory
+    cfg = load_search_config(Path("search_spaces") / f"{stem}.yaml")
+    assert cfg.name == stem
+    for target in ("data", "model"):
+        value = cfg.trial.get(target, {}).get("path" if target == "data" else "backbone", "")
+        assert value.startswith(("builtin:", "default", "/")), value  # stored absolute
+    assert "\n" in describe(cfg) and cfg.name in describe(cfg)
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=optuna.samplers.RandomSampler(0))
+    space = define_by_run(cfg)
+    for i in range(5):
+        trial = study.ask()
+        space(trial)
+        apply_params(cfg, trial.params, f"runs/x/{i}")  # every sample is a valid trial
+        study.tell(trial, [0.5, 0.5])
+
+
+def test_demo_is_small() -> None:
+    cfg = load_search_config(ROOT / "search_spaces" / "demo.yaml")
+    t = cfg.base_trial()
+    assert t.data.path == "builtin:rotten_tomatoes" and t.model.backbone == "default"
+    assert cfg.search.num_samples <= 4 and cfg.search.max_concurrent == 2
+    assert t.data.max_train_examples <= 1000 and t.data.max_length <= 64 and t.train.epochs == 1
+    assert cfg.params["adv_steps"].bounds[1] <= 2 and cfg.attack.n <= 30 and cfg.attack.actors == 1
+    assert not cfg.resources.use_gpu
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad inputs: one line, the file, the key path
+
+
+def _missing(tmp_path: Path) -> str:
+    return str(tmp_path / "no_such_folder")
+
+
+BAD_CASES: list[tuple[str, Any, str, str]] = [
+    # (id, change (kwargs for _config, or raw YAML text), key path, fragment of the message)
+    ("unknown top-level key", {"nmae": "x"}, "nmae", "unknown key"),
+    ("unknown key in params", {"params__adv_lr__lgo": True}, "params.adv_lr.lgo", "unknown key"),
+    ("unknown key in attack", {"attack__recipee": "pwws"}, "attack.recipee", "allowed: recipe"),
+    ("unknown key in attack options", {"attack__options__budget": 3}, "attack.options.budget", "unknown key"),
+    ("unknown key in resources", {"resources__gpus": 1}, "resources.gpus", "unknown key"),
+    ("unknown key in search", {"search__samples": 1}, "search.samples", "unknown key"),
+    ("unknown key in trial", {"trial__data__pathh": "x"}, "trial.data.pathh", "unknown key"),
+    ("empty range", {"params__adv_lr": {"uniform": [0.1, 0.1]}}, "params.adv_lr.uniform", "empty range"),
+    ("range of no values", {"params__adv_lr": {"uniform": []}}, "params.adv_lr.uniform", "expected [low, high]"),
+    ("inverted range", {"params__adv_lr": {"loguniform": [0.1, 0.01]}}, "params.adv_lr.loguniform", "inverted"),
+    ("inverted int range", {"params__adv_steps": {"int": [3, 1]}}, "params.adv_steps.int", "inverted"),
+    ("loguniform low 0", {"params__adv_lr": {"loguniform": [0, 0.1]}}, "params.adv_lr.loguniform",
+     "low must be > 0"),
+    ("loguniform low < 0", {"params__adv_lr": {"loguniform": [-1.0, 0.1]}}, "params.adv_lr.loguniform",
+     "low must be > 0"),
+    ("string for int", {"params__adv_steps": {"int": [1, "3"]}}, "params.adv_steps.int.1", "valid integer"),
+    ("float for int", {"params__adv_steps": {"int": [1, 2.5]}}, "params.adv_steps.int.1", "valid integer"),
+    ("string for float", {"params__adv_lr": {"uniform": ["0.1", 0.2]}}, "params.adv_lr.uniform.0",
+     "valid number"),
+    ("string for workers", {"resources__num_workers": "2"}, "resources.num_workers", "valid integer"),
+    ("string for bool", {"resources__use_gpu": "yes"}, "resources.use_gpu", "valid boolean"),
+    ("scalar, not a distribution", {"params__adv_lr": 0.03}, "params.adv_lr", "belong in trial"),
+    ("no distribution", {"params__adv_lr": {"step": 0.1}}, "params.adv_lr", "give one distribution"),
+    ("two distributions", {"params__adv_lr": {"uniform": [0.1, 0.2], "choice": [0.1]}}, "params.adv_lr",
+     "only one"),
+    ("empty choice", {"params__method": {"choice": []}}, "params.method.choice", "empty choice"),
+    ("duplicate choice", {"params__method": {"choice": ["pgd", "pgd"]}}, "params.method.choice.1", "twice"),
+    ("unknown method in choice", {"params__method": {"choice": ["pgd", "pgdd", *ADAPTIVE]}},
+     "params.method.choice.1", "unknown method 'pgdd'"),
+    ("bare adaptive in choice", {"params__method": {"choice": ["pgd", "adaptive", *ADAPTIVE]}},
+     "params.method.choice.1", "needs base"),
+    ("range on the method", {"params__method": {"loguniform": [1.0, 2.0]}, "params__beta": ...,
+                             "params__w_lr": ...}, "params.method.loguniform", "use choice"),
+    ("uniform on an int setting", {"params__adv_steps": {"uniform": [1.0, 3.0]}}, "params.adv_steps.uniform",
+     "whole numbers"),
+    ("k = 0 in range", {"params__adv_steps": {"int": [0, 3]}}, "params.adv_steps.int.0", "method.adv_steps"),
+    ("beta 0 in range (under its condition)", {"params__beta": {"uniform": [0.0, 2.0], "when": {"method": ADAPTIVE}}},
+     "params.beta.uniform.0", "method.beta"),
+    ("step with loguniform", {"params__adv_lr": {"loguniform": [0.01, 0.1], "step": 0.01}},
+     "params.adv_lr.step", "only for uniform and int"),
+    ("step not dividing the range", {"params__w_lr": {"uniform": [0.5, 2.0], "step": 0.4}},
+     "params.w_lr.step", "multiple of step"),
+    ("fractional step for int", {"params__adv_steps": {"int": [1, 3], "step": 0.5}}, "params.adv_steps.step",
+     "whole number"),
+    ("unknown recipe", {"attack__recipe": "textfoolr"}, "attack.recipe", "unknown attack recipe 'textfoolr'"),
+    ("attack on test", {"attack__split": "test"}, "attack.split", "dev split"),
+    ("attack more than dev", {"attack__n": 41}, "attack.n", "max_dev_examples"),
+    ("when on undeclared param", {"params__beta": {"choice": [1.0], "when": {"mthod": ["pgd"]}}},
+     "params.beta.when.mthod", "not a searched parameter"),
+    ("when on a later param", {"params__adv_lr": {"loguniform": [0.01, 0.1], "when": {"beta": [1.0]}}},
+     "params.adv_lr.when.beta", "declared after"),
+    ("when on a range param", {"params__beta": {"choice": [1.0], "when": {"adv_lr": [0.05]}}},
+     "params.beta.when.adv_lr", "not categorical"),
+    ("when on a value never chosen", {"params__beta": {"choice": [1.0], "when": {"method": ["adaptive_tavat"]}}},
+     "params.beta.when.method.0", "cannot be adaptive_tavat"),
+    ("unknown parameter", {"params__foo": {"uniform": [0.1, 0.2]}}, "params.foo", "unknown parameter 'foo'"),
+    ("same setting twice", {"params__method.adv_lr": {"uniform": [0.1, 0.2]}}, "params.method.adv_lr",
+     "like adv_lr"),
+    ("searched output_dir", {"params__output_dir": {"choice": ["a"]}}, "params.output_dir", "set by the search"),
+    ("AMDA mixup", {"params__mixup_alpha": {"uniform": [0.1, 1.0]}}, "params.mixup_alpha", "not available yet"),
+    ("AMDA ratio", {"params__aug_ratio": {"choice": [0.5, 1.0]}}, "params.aug_ratio", "not available yet"),
+    ("no params", {"params": {}}, "params", "at least one"),
+    ("output_dir in trial", {"trial__output_dir": "runs/x"}, "trial.output_dir", "set by the search"),
+    ("bad trial value", {"trial__train__epochs": 0}, "trial.train.epochs", "greater than or equal to 1"),
+    ("cuda without GPUs", {"trial__model__device": "cuda"}, "trial.model.device", "use_gpu"),
+    ("0 workers", {"resources__num_workers": 0}, "resources.num_workers", "greater than or equal to 1"),
+    ("negative CPUs", {"resources__cpus_per_worker": -1}, "resources.cpus_per_worker", "greater than or equal"),
+    ("GPUs without use_gpu", {"resources__gpus_per_worker": 1}, "resources.gpus_per_worker", "use_gpu: true"),
+    ("1.5 GPUs", {"resources__use_gpu": True, "resources__gpus_per_worker": 1.5}, "resources.gpus_per_worker",
+     "fractions"),
+    ("negative actors", {"attack__actors": -1}, "attack.actors", "greater than or equal to 0"),
+    ("num_samples 0", {"search__num_samples": 0}, "search.num_samples", "greater than or equal to 1"),
+    ("max_concurrent 0", {"search__max_concurrent": 0}, "search.max_concurrent", "greater than or equal to 1"),
+    ("other objectives", {"search__objectives": ["clean_acc", "loss"]}, "search.objectives", "clean_acc"),
+    ("floor above 1", {"search__clean_acc_floor": 1.5}, "search.clean_acc_floor", "less than or equal to 1"),
+    ("name with a slash", {"name": "../up"}, "name", "letters, digits"),
+    ("no name", {"name": ...}, "name", "Field required"),
+]
+
+
+@pytest.mark.parametrize(("change", "key", "fragment"), [c[1:] for c in BAD_CASES], ids=[c[0] for c in BAD_CASES])
+def test_bad_input_is_one_line_naming_the_key(change: Any, key: str, fragment: str, tmp_path: Path) -> None:
+    path = _write(tmp_path, _config(**change))
+    with pytest.raises(ConfigError) as info:
+        load_search_config(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: {key}: "), message
+    assert fragment in message, message
+
+
+@pytest.mark.parametrize("which", ["data", "backbone", "searched data"])
+def test_missing_local_paths(which: str, tmp_path: Path) -> None:
+    missing = _missing(tmp_path)
+    change, key = {
+        "data": ({"trial__data__path": missing}, "trial.data.path"),
+        "backbone": ({"trial__model__backbone": missing}, "trial.model.backbone"),
+        "searched data": ({"params__data.path": {"choice": ["builtin:rotten_tomatoes", missing]}},
+                          "params.data.path.choice.1"),
+    }[which]
+    path = _write(tmp_path, _config(**change))
+    with pytest.raises(ConfigError) as info:
+        load_search_config(path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}: {key}: "), message
+    assert "does not exist" in message and "no_such_folder" in message
+
+
+def test_malformed_yaml(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: t\nparams: {adv_lr: {uniform: [0.1, 0.2]}\ntrial: [\n")
+    with pytest.raises(ConfigError) as info:
+        load_search_config(path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}:") and "invalid YAML" in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_search_config(tmp_path / "nope.yaml")
+
+
+def test_base_is_valid() -> None:
+    """The bad cases start from a valid config, so each fails for its own reason."""
+    cfg = parse_search_config(_config())
+    assert param_names(cfg) == ["method", "adv_lr", "adv_steps", "beta", "w_lr"]
+    assert cfg.seed == 3 and cfg.search.modes == ["max", "max"] and cfg.resources.gpus == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# define-by-run
+
+
+def _space_config() -> SearchConfig:
+    data = _config()
+    data["params"]["data.max_length"] = {"int": [16, 48], "step": 16}
+    data["params"]["norm_type"] = {"choice": ["l2", "linf"]}
+    data["params"]["trades_beta"] = {"uniform": [1.0, 2.0], "when": {"method": ["freelb"], "norm_type": ["linf"]}}
+    return parse_search_config(data)
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_define_by_run_with_optuna(sampler: str) -> None:
+    cfg = _space_config()
+    space = define_by_run(cfg)
+    samplers = {"random": optuna.samplers.RandomSampler(seed=1),
+                "tpe": optuna.samplers.TPESampler(seed=1, n_startup_trials=8)}
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=samplers[sampler])
+    seen_methods: set[str] = set()
+    conditional = {"beta": 0, "w_lr": 0, "trades_beta": 0}
+    for i in range(30):
+        trial = study.ask()
+        assert space(trial) == {}
+        p = trial.params
+        for name in ("method", "adv_lr", "adv_steps", "data.max_length", "norm_type"):
+            assert name in p, (name, p)
+        assert p["method"] in ["pgd", "freelb", *ADAPTIVE]
+        seen_methods.add(p["method"])
+        assert 0.01 <= p["adv_lr"] <= 0.1 and isinstance(p["adv_lr"], float)
+        assert p["adv_steps"] in (1, 2, 3) and isinstance(p["adv_steps"], int)
+        assert p["data.max_length"] in (16, 32, 48)
+        adaptive = p["method"] in ADAPTIVE
+        assert ("beta" in p) == adaptive and ("w_lr" in p) == adaptive, p
+        if adaptive:
+            assert p["beta"] in ("auto", 1.0, 2.0)
+            assert p["w_lr"] in (0.5, 1.0, 1.5, 2.0)
+        both = p["method"] == "freelb" and p["norm_type"] == "linf"
+        assert ("trades_beta" in p) == both, p
+        if both:
+            assert 1.0 <= p["trades_beta"] <= 2.0
+        for name in conditional:
+            conditional[name] += name in p
+        assert set(p) <= set(param_names(cfg))
+        apply_params(cfg, p, f"runs/t/{i}")
+        study.tell(trial, [(i * 7 % 10) / 10, (i * 3 % 10) / 10])
+    assert seen_methods == {"pgd", "freelb", *ADAPTIVE}
+    assert 0 < conditional["beta"] < 30 and 0 < conditional["trades_beta"] < 30
+
+
+def test_define_by_run_through_ray_optuna_search() -> None:
+    """Ray's OptunaSearch accepts the function and returns every sampled name (dotted ones unchanged)."""
+    optuna_search = pytest.importorskip("ray.tune.search.optuna")
+    cfg = _space_config()
+    searcher = optuna_search.OptunaSearch(space=define_by_run(cfg), metric=["clean_acc", "robust_acc"],
+                                          mode=["max", "max"], seed=0)
+    for i in range(4):
+        config = searcher.suggest(f"t{i}")
+        assert {"method", "adv_lr", "adv_steps", "data.max_length", "norm_type"} <= set(config)
+        assert apply_params(cfg, config, "runs/t").data.max_length == config["data.max_length"]
+        searcher.on_trial_complete(f"t{i}", {"clean_acc": 0.5, "robust_acc": 0.1})
+
+
+# --------------------------------------------------------------------------------------------------
+# apply_params
+
+
+def test_apply_params_builds_the_trial_config() -> None:
+    cfg = _space_config()
+    t = apply_params(cfg, {"method": "adaptive_freelb", "adv_lr": 0.05, "adv_steps": 3, "beta": "auto",
+                           "w_lr": 1.5, "data.max_length": 48}, "runs/s/trial_1")
+    assert isinstance(t, TrialConfig)
+    assert (t.method.name, t.method.base, t.method.label) == ("adaptive", "freelb", "adaptive_freelb")
+    assert t.method.beta is None  # auto
+    assert (t.method.adv_lr, t.method.adv_steps, t.method.w_lr) == (0.05, 3, 1.5)
+    assert t.method.init_mag == 0.07  # a knob of the base trial survives the change of method
+    assert t.data.max_length == 48 and t.data.max_train_examples == 50
+    assert t.output_dir == "runs/s/trial_1" and t.train.batch_size == 8
+
+    t = apply_params(cfg, {"method": "adaptive_pgd", "beta": 2.0}, "o")
+    assert (t.method.name, t.method.base, t.method.beta) == ("adaptive", "pgd", 2.0)
+    assert t.method.adv_steps == 2  # not searched here: the base value
+
+    base = cfg.base_trial("o")
+    assert base.method.name == "pgd" and base.data.max_length == 32
+    assert cfg.trial["method"] == BASE["trial"]["method"]  # the base mapping is never modified
+
+
+def test_apply_params_method_replaces_a_base_adaptive_method() -> None:
+    data = _config(trial__method={"name": "adaptive", "base": "pgd", "adv_steps": 2, "w_lr": 3.0})
+    cfg = parse_search_config(data)
+    assert cfg.base_trial().method.label == "adaptive_pgd"
+    t = apply_params(cfg, {"method": "freelb"}, "o")
+    assert (t.method.name, t.method.base, t.method.w_lr) == ("freelb", None, 3.0)
+    assert apply_params(cfg, {"method": "adaptive_freelb"}, "o").method.base == "freelb"
+
+
+def test_apply_params_aliases_and_dotted_paths() -> None:
+    data = _config(params={"lr": {"loguniform": [1e-5, 1e-3]}, "train.warmup_ratio": {"uniform": [0.0, 0.2]},
+                           "model.bf16": {"choice": [True, False]}, "seed": {"choice": [1, 2]}})
+    cfg = parse_search_config(data)
+    t = apply_params(cfg, {"lr": 3e-4, "train.warmup_ratio": 0.05, "model.bf16": False, "seed": 2}, "o")
+    assert (t.train.lr, t.train.warmup_ratio, t.model.bf16, t.seed) == (3e-4, 0.05, False, 2)
+
+
+def test_apply_params_rejects_unknown_and_invalid() -> None:
+    cfg = parse_search_config(_config())
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        apply_params(cfg, {"adv_lrr": 0.1}, "o")
+    with pytest.raises(ConfigError, match="method.adv_steps"):
+        apply_params(cfg, {"adv_steps": 0}, "o")
+
+
+def test_relative_paths_are_stored_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "bert").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = parse_search_config(_config(trial__data__path="data", trial__model__backbone="./bert"))
+    assert cfg.trial["data"]["path"] == str(tmp_path / "data")
+    monkeypatch.chdir(ROOT)  # a Ray trial runs in its own directory
+    t = apply_params(cfg, {}, "o")
+    assert (t.data.path, t.model.backbone) == (str(tmp_path / "data"), str(tmp_path / "bert"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Round trip and tables
+
+
+def test_model_dump_round_trips() -> None:
+    """The tuner ships the config to trials as JSON; validating it again gives the same config."""
+    cfg = _space_config()
+    dumped = cfg.model_dump(mode="json")
+    assert dumped["params"]["adv_steps"]["int"] == [1, 3]
+    again = SearchConfig.model_validate(dumped)
+    assert again == cfg
+    assert describe(again) == describe(cfg)
+
+
+def test_alias_table_points_into_trial_config() -> None:
+    fields = {f"{section}.{name}" for section in ("data", "model", "method", "train")
+              for name in type(getattr(TrialConfig(), section)).model_fields}
+    for alias, target in ALIASES.items():
+        if target is None:
+            assert alias in ("mixup_alpha", "aug_ratio")
+        else:
+            assert target in fields, (alias, target)
+    for name in ("adv_lr", "adv_steps", "init_mag", "max_norm", "norm_type", "beta", "w_lr", "w_init",
+                 "trades_beta", "lr", "epochs", "batch_size", "weight_decay", "warmup_ratio", "method"):
+        assert ALIASES[name] is not None
+
+
+def test_attack_options_mirror_the_recipes() -> None:
+    assert set(AttackOptionSettings.model_fields) == {f.name for f in dataclasses.fields(AttackOptions)}
+    cfg = parse_search_config(_config())
+    options = cfg.attack.options.to_options()
+    assert isinstance(options, AttackOptions) and options.max_modify_rate == 0.3
+    assert options.max_candidates is None and not math.isnan(options.max_modify_rate)
