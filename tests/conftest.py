@@ -39,3 +39,22 @@ def tiny_model(tiny_model_dir):
     model = BertForSequenceClassification.from_pretrained(tiny_model_dir)
     model.train()
     return model
+
+
+@pytest.fixture(scope="session")
+def attack_paths():
+    """Resource paths with WordNet, counter-fitted vectors and similarity calibration built (idempotent:
+    reused from $DISTAT_CACHE_DIR / ~/.cache/distat when present)."""
+    from distat.attacks import resources
+
+    data = _shared()
+    options = resources.BuildOptions(lexical_dir=data / "lexical", shared_data=data)
+    cache = resources.cache_dir()
+    resources.build(cache, parts=["nltk", "vectors", "similarity"], options=options)
+    return resources.resolve(cache)
+
+
+def _shared():
+    from helpers import shared_data_dir
+
+    return shared_data_dir()

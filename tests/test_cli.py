@@ -8,9 +8,10 @@ import sys
 
 import pytest
 import yaml
-from helpers import shared_data_dir
 
 from distat.cli import main
+
+from helpers import shared_data_dir
 
 
 def write_config(tmp_path, backbone, **top):

@@ -10,10 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import shared_data_dir
 
 from distat.data import Dataset, Split, collate, encode, iter_batches, load_dataset
 from distat.errors import DataError
+
+from helpers import shared_data_dir
 
 # --------------------------------------------------------------------------------------------------
 # helpers

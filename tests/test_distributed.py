@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import shared_data_dir
 
 from distat.config import parse_trial_config
+
+from helpers import shared_data_dir
 
 METHODS = ["adaptive_pgd", "freelb", "fgm", "trades"]
 

@@ -6,12 +6,13 @@ import json
 
 import pytest
 import torch
-from helpers import shared_data_dir
 from safetensors.torch import load_file
 
 from distat.config import parse_trial_config
 from distat.errors import ModelError
 from distat.training import epoch_order, latest_checkpoint, list_checkpoints, run_trial
+
+from helpers import shared_data_dir
 
 
 def trial(tmp_path, backbone, method=None, **train):

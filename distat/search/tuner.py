@@ -95,12 +95,17 @@ def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     trainer.fit()
     summary = json.loads((out / "train_result.json").read_text())
     train_metrics = {k: v for k, v in summary["metrics"].items() if isinstance(v, (int, float))}
-    final: dict[str, Any] = {**train_metrics, "phase": "final", "trial_dir": str(out)}
+    # the final report repeats only what the per-epoch reports lack (plus the clean objective itself)
+    final: dict[str, Any] = {"clean_acc": float(train_metrics.get("clean_acc", 0.0)),
+                             "epoch": float(train_metrics.get("epoch", 0.0)),
+                             "diverged": float(train_metrics.get("diverged", 0.0)), "phase": "final",
+                             "trial_dir": str(out)}
     if summary["diverged"] or not summary["checkpoint"]:
         final.update({"diverged": 1.0, "robust_acc": 0.0, "clean_acc": float(train_metrics.get("clean_acc", 0.0))})
     else:
         final.update(_robust_eval(scfg, spec, Path(summary["checkpoint"]), out))
-    _write_json(out / FINAL_FILE, {"trial_id": trial_id, "params": params, "metrics": final})
+    _write_json(out / FINAL_FILE, {"trial_id": trial_id, "params": params, "metrics": final,
+                                   "train": train_metrics})
     tune.report(final)
 
 
@@ -222,22 +227,33 @@ def start_search(scfg: Any, *, storage: Path, tracking_uri: str, cache_dir: Path
     return tuner.fit()
 
 
-def resume_search(search_dir: Path) -> tuple[Any, Any]:
-    """Restore a search from its directory after the driver stopped (even SIGKILL); returns (cfg, results)."""
-    from ray import tune
-
+def load_state(search_dir: Path) -> tuple[dict[str, Any], Any]:
+    """The spec saved at the start of a search and its validated config."""
     from distat.search.space import SearchConfig
 
     state = search_dir / STATE_FILE
     if not state.is_file():
         raise DistatError(f"{search_dir}: not a distat search directory (no {STATE_FILE})")
     spec = json.loads(state.read_text())
-    scfg = SearchConfig.model_validate(spec["search"])
+    return spec, SearchConfig.model_validate(spec["search"])
+
+
+def resume_search(search_dir: Path) -> Any:
+    """Restore a search from its directory after the driver stopped (even SIGKILL) and run it to the end.
+
+    Completed trials are kept (not re-run); the Optuna searcher's state comes back from Tune's experiment
+    snapshot; unfinished and errored trials restart, and their training resumes from the newest distat
+    checkpoint in their trial folder; MLflow child runs are found again by tag. The snapshot also holds the
+    run config with its callbacks (the MLflow one comes back empty and finds its runs by tag).
+    """
+    from ray import tune
+
+    spec, _ = load_state(search_dir)
     if not tune.Tuner.can_restore(str(search_dir)):
         raise DistatError(f"{search_dir}: Tune saved no experiment state yet; start the search again")
     tuner = tune.Tuner.restore(str(search_dir), trainable=_trainable(spec), resume_unfinished=True,
                                resume_errored=True)
-    return scfg, tuner.fit()
+    return tuner.fit()
 
 
 def trial_points(search_dir: Path) -> list[Any]:

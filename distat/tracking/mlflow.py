@@ -26,6 +26,9 @@ TAG_SEARCH = "distat.search_dir"
 TAG_TRIAL = "distat.trial_id"
 TAG_PARENT = "mlflow.parentRunId"
 _SKIP_PARAMS = {"__distat__"}
+# Tune's own bookkeeping fields in every result: not metrics of the trial
+_TUNE_BOOKKEEPING = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid",
+                     "time_since_restore", "iterations_since_restore", "done", "date", "hostname", "node_ip"}
 _SECRET_HINTS = ("token", "secret", "password", "key", "credential")
 
 
@@ -42,6 +45,7 @@ class Tracker:
 
         self.uri = tracking_uri
         self.search_dir = str(search_dir.resolve())
+        _check_reachable(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri)
         try:
             exp = self.client.get_experiment_by_name(experiment)
@@ -103,6 +107,24 @@ class Tracker:
         self.client.log_artifacts(run_id, str(folder))
 
 
+def _check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """A quick health probe of a tracking server (MLflow's own client retries for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered: a server is there (health may be routed elsewhere behind a proxy)
+    except OSError as e:
+        reason = getattr(e, "reason", e)
+        raise DistatError(f"MLflow tracking server {uri} is unreachable ({reason}): start it, or omit "
+                          "--tracking-uri for the embedded store") from None
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -140,7 +162,8 @@ class MLflowTrialCallback(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         step = int(result.get("epoch") or result.get("training_iteration") or 0)
-        self._safely(lambda: self.tracker.log_metrics(self._run(trial), result, step))
+        metrics = {k: v for k, v in result.items() if k not in _TUNE_BOOKKEEPING}
+        self._safely(lambda: self.tracker.log_metrics(self._run(trial), metrics, step))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._safely(lambda: self.tracker.finish(self._run(trial), "FINISHED"))

@@ -4,20 +4,8 @@ BERT briefly trained on shared SST-2 rows, so that it depends on words and can b
 from __future__ import annotations
 
 import pytest
+
 from helpers import shared_data_dir
-
-
-@pytest.fixture(scope="session")
-def attack_paths():
-    """Resource paths with WordNet, counter-fitted vectors and similarity calibration built (idempotent:
-    reused from $DISTAT_CACHE_DIR / ~/.cache/distat when present)."""
-    from distat.attacks import resources
-
-    data = shared_data_dir()
-    options = resources.BuildOptions(lexical_dir=data / "lexical", shared_data=data)
-    cache = resources.cache_dir()
-    resources.build(cache, parts=["nltk", "vectors", "similarity"], options=options)
-    return resources.resolve(cache)
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 
 import pytest
-from helpers import shared_data_dir
 
 from distat.cli import main
+
+from helpers import shared_data_dir
 
 
 def test_attack_prints_metrics_and_writes_csv_and_static_set(tmp_path, attack_paths, victim_result, capsys):

@@ -8,7 +8,6 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import shared_data_dir
 
 from distat.attacks.counterfit import (
     build_counterfitted,
@@ -23,6 +22,8 @@ from distat.attacks.counterfit import (
     wordnet_pairs,
 )
 from distat.errors import DistatError
+
+from helpers import shared_data_dir
 
 EPOCHS = 10
 

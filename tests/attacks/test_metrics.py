@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import shared_data_dir
 from torch import nn
 
 from distat.attacks.metrics import (
@@ -21,6 +20,8 @@ from distat.attacks.metrics import (
 from distat.attacks.static import load_static_set, static_eval
 from distat.data import load_dataset
 from distat.errors import DataError
+
+from helpers import shared_data_dir
 
 # --------------------------------------------------------------------------------------------------
 # helpers

@@ -6,12 +6,13 @@ import os
 import signal
 
 import pytest
-from helpers import shared_data_dir
 
 from distat.attacks.evaluate import robust_evaluate, select_examples
 from distat.attacks.pool import AttackPool
 from distat.attacks.runner import AttackJob, AttackRunner
 from distat.data import load_dataset
+
+from helpers import shared_data_dir
 
 
 @pytest.fixture(scope="module")

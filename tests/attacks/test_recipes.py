@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from helpers import shared_data_dir
 
 from distat.attacks.evaluate import select_examples
 from distat.attacks.metrics import summarize
@@ -12,6 +11,8 @@ from distat.attacks.resources import ResourceError
 from distat.attacks.runner import AttackJob, AttackRunner
 from distat.data import load_dataset
 from distat.errors import DistatError
+
+from helpers import shared_data_dir
 
 
 def correctly_classified(model, tokenizer, n):

@@ -1,0 +1,141 @@
+"""A real search: 4 tiny trials, 2 at a time, on a local Ray; MLflow runs checked on a real server;
+a driver SIGKILLed mid-search and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distat.cli import main
+
+from helpers import shared_data_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` process on 127.0.0.1 with its own SQLite store."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "art"),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start")
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def search_yaml(tmp_path: Path, backbone: Path, name: str, num_samples: int = 4) -> Path:
+    cfg = {
+        "name": name,
+        "seed": 3,
+        "trial": {
+            "seed": 3,
+            "data": {"path": str(shared_data_dir() / "sst2"), "max_train_examples": 48, "max_dev_examples": 24,
+                     "max_length": 32},
+            "model": {"backbone": str(backbone)},
+            "method": {"name": "pgd", "adv_steps": 1},
+            "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3},
+        },
+        "attack": {"recipe": "pwws", "n": 3, "split": "dev", "actors": 1},
+        "search": {"num_samples": num_samples, "max_concurrent": 2},
+        "resources": {"num_workers": 1, "cpus_per_worker": 1},
+        "params": {
+            "method": {"choice": ["pgd", "adaptive_pgd"]},
+            "adv_lr": {"loguniform": [0.01, 0.1]},
+            "w_lr": {"choice": [0.1, 1.0], "when": {"method": ["adaptive_pgd"]}},
+        },
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def test_search_runs_trials_and_logs_parent_and_children(tmp_path, tiny_model_dir, attack_paths, mlflow_server,
+                                                        capsys):
+    from mlflow.tracking import MlflowClient
+
+    spec = search_yaml(tmp_path, tiny_model_dir, "tiny4")
+    storage = tmp_path / "searches"
+    assert main(["search", str(spec), "--storage", str(storage), "--tracking-uri", mlflow_server]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front" in out and "mlflow ui" in out
+
+    search_dir = storage / "tiny4"
+    finals = [json.loads(p.read_text()) for p in search_dir.glob("trials/*/final.json")]
+    assert len(finals) == 4
+    for f in finals:
+        assert 0 <= f["metrics"]["clean_acc"] <= 1 and 0 <= f["metrics"]["robust_acc"] <= 1
+        assert f["params"]["method"] in ("pgd", "adaptive_pgd")
+        assert ("w_lr" in f["params"]) == (f["params"]["method"] == "adaptive_pgd")
+    assert {p.name for p in (search_dir / "pareto").iterdir()} >= {"pareto.csv", "pareto.png", "pareto.html"}
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    exp = client.get_experiment_by_name("tiny4")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    assert {c.data.tags["distat.trial_id"] for c in children} == {f["trial_id"] for f in finals}
+    for c in children:
+        assert "robust_acc" in c.data.metrics and "clean_acc" in c.data.metrics
+        assert "method" in c.data.params and c.info.status == "FINISHED"
+        history = client.get_metric_history(c.info.run_id, "train_loss")
+        assert len(history) == 2  # one point per epoch
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"pareto.csv", "pareto.png", "pareto.html"} <= artifacts
+
+    # the front can be printed again from the results on disk
+    assert main(["pareto", str(search_dir)]) == 0
+    assert "Pareto front" in capsys.readouterr().out
+
+
+def test_unreachable_tracking_server_fails_before_any_training(tmp_path, tiny_model_dir, attack_paths, capsys):
+    spec = search_yaml(tmp_path, tiny_model_dir, "nowhere")
+    port = _free_port()
+    code = main(["search", str(spec), "--storage", str(tmp_path / "s"), "--tracking-uri", f"http://127.0.0.1:{port}"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "unreachable" in err[-1] and not (tmp_path / "s" / "nowhere" / "trials").exists()
+
+
+def test_bad_search_yaml_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nparams: {adv_lr: {loguniform: [0, 1]}}\n")
+    assert main(["search", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "params.adv_lr" in err
