@@ -4,8 +4,11 @@
 setup:
 	@bash scripts/setup.sh
 
+# the demo search: offline attack resources (built once into ~/.cache/distat), then a 4-trial search
 demo: setup
-	.venv/bin/distat train configs/demo.yaml --overwrite
+	.venv/bin/distat resources build --parts nltk vectors similarity
+	rm -rf runs/demo-search
+	.venv/bin/distat search search_spaces/demo.yaml --storage runs/demo-search
 
 test: setup
 	.venv/bin/python -m pytest -q

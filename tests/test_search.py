@@ -139,3 +139,56 @@ def test_bad_search_yaml_is_one_line(tmp_path, capsys):
     assert main(["search", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "params.adv_lr" in err
+
+
+def _stop_stray_ray() -> None:
+    """A SIGKILLed driver leaves the local Ray it started running; stop it as a user would."""
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_driver_sigkill_then_resume_keeps_finished_trials(tmp_path, tiny_model_dir, attack_paths):
+    import random
+
+    from mlflow.tracking import MlflowClient
+
+    spec = search_yaml(tmp_path, tiny_model_dir, "killed")
+    storage = tmp_path / "searches"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cli = [sys.executable, "-m", "distat.cli"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    driver = subprocess.Popen([*cli, "search", str(spec), "--storage", str(storage), "--tracking-uri", uri],
+                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    search_dir = storage / "killed"
+    deadline = time.time() + 600
+    while time.time() < deadline and not list(search_dir.glob("trials/*/final.json")):
+        assert driver.poll() is None, "the search ended before it could be killed"
+        time.sleep(0.5)
+    time.sleep(random.uniform(0, 5))  # a random moment after the first trial finished
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    _stop_stray_ray()
+
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in search_dir.glob("trials/*/final.json")}
+    in_flight_ckpts = {p: p.stat().st_mtime_ns for p in search_dir.glob("trials/*/checkpoints/epoch_001")
+                       if p.parent.parent.name not in finished}
+    assert finished and len(finished) < 4
+
+    resumed = subprocess.run([*cli, "resume", str(search_dir)], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Pareto front" in resumed.stdout
+
+    finals = {p.parent.name: p for p in search_dir.glob("trials/*/final.json")}
+    assert len(finals) == 4  # the trial budget is respected: no extra, none lost
+    assert len({p.parent.name for p in search_dir.glob("trials/*")}) == 4  # no duplicate trial ids
+    for trial_id, mtime in finished.items():
+        assert finals[trial_id].stat().st_mtime_ns == mtime  # finished trials were not re-run
+    for ckpt, mtime in in_flight_ckpts.items():
+        assert ckpt.stat().st_mtime_ns == mtime  # in-flight trials resumed after their last checkpoint
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("killed").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(runs) - len(children) == 1 and len(children) == 4  # runs reused, not duplicated
