@@ -11,6 +11,7 @@ demo: setup
 	.venv/bin/distat search search_spaces/demo.yaml --storage runs/demo-search
 
 test: setup
+	@bash scripts/ensure_chromium.sh
 	.venv/bin/python -m pytest -q
 
 lint: setup
