@@ -37,12 +37,18 @@ def corpus():
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, encoder_path, corpus):
-    """A head trained briefly on 2000 shared sentences: (folder, report, texts)."""
+    """A head (+ [MASK] vector) trained briefly on 2000 shared sentences: (folder, report, texts)."""
     texts = corpus[:: max(1, len(corpus) // TEXTS)][:TEXTS]
     dest = tmp_path_factory.mktemp("mlm") / "mlm"
-    report = train_mlm_head(
-        encoder_path, texts, dest, steps=STEPS, batch_size=8, max_length=32, seed=SEED, eval_words=300
-    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a busy 2-core machine one thread is several times faster than two
+    try:
+        report = train_mlm_head(
+            encoder_path, texts, dest, steps=STEPS, batch_size=8, max_length=32, seed=SEED,
+            freeze_encoder=True, unfreeze_top_layers=0, eval_words=300,
+        )
+    finally:
+        torch.set_num_threads(threads)
     return dest, report, texts
 
 
@@ -70,8 +76,27 @@ def test_training_raises_heldout_top5_accuracy(built):
     assert report["steps"] == STEPS and report["texts"] == len(texts)
     assert report["heldout_words"] >= 150
     assert report["top5_after"] > report["top5_before"] + 0.15, report
+    assert report["top5_after"] > report["top5_unigram_prior"] + 0.05, report  # it uses the context
     assert report["top1_after"] > report["top1_before"], report
     assert report["wall_seconds"] > 0
+
+
+@pytest.mark.parametrize(("freeze", "top", "encoder_layers"), [(False, 0, 6), (True, 0, 0), (True, 1, 1)])
+def test_what_trains(encoder_path, freeze, top, encoder_layers):
+    from distat.attacks.mlm import _build, _setup_training
+
+    model = _build(encoder_path)
+    _, params, mask_vector = _setup_training(model, 103, 1e-3, freeze, top)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {n for n in names if n.startswith("cls.")} == {
+        "cls.predictions.bias", "cls.predictions.transform.dense.weight",
+        "cls.predictions.transform.dense.bias", "cls.predictions.transform.LayerNorm.weight",
+        "cls.predictions.transform.LayerNorm.bias",
+    }
+    assert "bert.embeddings.word_embeddings.weight" not in names  # the tied decoder stays put
+    assert len({n.split(".")[3] for n in names if n.startswith("bert.encoder.layer.")}) == encoder_layers
+    assert any(p is mask_vector for p in params) and mask_vector.shape == (384,)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
 
 
 def test_saved_folder_reloads_to_the_same_model(built):
@@ -111,21 +136,32 @@ def test_missing_folder_is_one_clear_error(tmp_path):
     assert "\n" not in str(info.value)
 
 
-def test_textattack_bae_swaps_use_the_local_mlm(built):
+def _textattack():
+    """textattack imported offline (through distat's resources when its nltk data is built), else a skip."""
     try:
-        import textattack  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - offline, textattack's import fails without local NLTK data
-        pytest.skip(f"textattack cannot be imported offline here ({type(exc).__name__}: "
-                    f"{str(exc).strip().splitlines()[0][:80]}); needs local NLTK data")
-    from textattack.shared import AttackedText
-    from textattack.transformations import WordSwapMaskedLM
+        from distat.attacks.resources import cache_dir, import_textattack, nltk_data_complete, resolve
 
+        root = resolve(cache_dir()).wordnet
+        if nltk_data_complete(root):
+            return import_textattack(root)
+    except ImportError:
+        pass
+    try:
+        import textattack
+    except Exception as exc:  # noqa: BLE001 - offline, textattack's import fails without local NLTK data
+        detail = " ".join(str(exc).replace("*", " ").split())[:90]
+        pytest.skip(f"`import textattack` fails offline without local NLTK data ({type(exc).__name__}: {detail})")
+    return textattack
+
+
+def test_textattack_bae_swaps_use_the_local_mlm(built):
+    ta = _textattack()
     model, tokenizer = load_mlm(built[0])
-    swap = WordSwapMaskedLM(method="bae", masked_language_model=model, tokenizer=tokenizer,
-                            max_candidates=10, max_length=32)
-    text = AttackedText("the movie was great and fun")
+    swap = ta.transformations.WordSwapMaskedLM(method="bae", masked_language_model=model, tokenizer=tokenizer,
+                                               max_candidates=10, max_length=32)
+    text = ta.shared.AttackedText("the movie was great and fun")
     out = swap(text, indices_to_modify={3})
     assert out, "BAE proposed no replacement for 'great'"
     replaced = [t.words[3] for t in out]
-    assert all(t.words[:3] == text.words[:3] for t in out)
-    assert sum(w.isalpha() for w in replaced) >= len(replaced) - 1, replaced
+    assert all(t.words[:3] == text.words[:3] and t.words[4:] == text.words[4:] for t in out)
+    assert "great" not in replaced and sum(w.isalpha() for w in replaced) >= len(replaced) - 1, replaced
