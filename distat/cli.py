@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lexical", help="counter-fitting pair files (default: $DISTAT_SHARED_DATA/lexical)")
     p.add_argument("--shared-data", help="GLUE-style datasets for the MLM corpus and calibration")
     p.add_argument("--text", action="append", help="extra text file for the MLM corpus (repeatable)")
-    p.add_argument("--mlm-steps", type=int, default=1500)
+    p.add_argument("--mlm-steps", type=int, default=500)
     p.add_argument("--force", action="store_true", help="rebuild parts that already exist")
     resource_flags(p)
     p.set_defaults(func=cmd_resources)

@@ -161,7 +161,7 @@ def _bae(ta: Any, model_wrapper: Any, resources: ResourcePaths, options: AttackO
     # bert-base-uncased from the hub.
     mlm, mlm_tokenizer = load_mlm(resources.mlm)
     transformation = ta.transformations.WordSwapMaskedLM(
-        method="bae", masked_language_model=mlm, tokenizer=mlm_tokenizer,
+        method="bae", masked_language_model=mlm, tokenizer=mlm_tokenizer, max_length=64,
         max_candidates=options.max_candidates or 50, min_confidence=0.0,
     )
     pre = ta.constraints.pre_transformation

@@ -540,7 +540,7 @@ class BuildOptions:
     lexical_dir: Path | None = None  # counter-fitting pair files + vocabulary + SimLex (shared/data/lexical)
     shared_data: Path | None = None  # folder of GLUE-style datasets: MLM corpus and calibration sentences
     extra_text: tuple[Path, ...] = ()  # the user's own text files, one sentence per line (MLM corpus)
-    mlm_steps: int = 1500
+    mlm_steps: int = 500  # ~6 minutes on one CPU core: held-out top-5 0.42 (0.12 for word frequency)
 
 
 def _build_nltk(paths: ResourcePaths, options: BuildOptions) -> Path:
@@ -587,11 +587,31 @@ def _build_similarity(paths: ResourcePaths, options: BuildOptions) -> Path:
     return write_calibration(report, paths.calibration)
 
 
+def _build_mlm(paths: ResourcePaths, options: BuildOptions) -> Path:
+    from distat.attacks.mlm import local_corpus, train_mlm_head
+
+    texts = local_corpus(options.shared_data, options.extra_text)
+    if not texts:
+        raise ResourceError("no local text to train BAE's masked LM on: pass --shared-data DIR or --text FILE")
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # measured 8-11x faster per step than 2 threads on a 2-core machine
+    try:
+        report = train_mlm_head(_default_sentence_encoder(paths.mlm.parent), texts, paths.mlm,
+                                steps=options.mlm_steps)
+    finally:
+        torch.set_num_threads(threads)
+    logger.info("masked LM: top-5 on held-out words %s", report.get("top5_after"))
+    return paths.mlm
+
+
 #: Builders run by ``distat resources build``, by part name; each builds into the (resolved) resource path.
 BUILDERS: dict[str, Callable[[ResourcePaths, BuildOptions], Path]] = {
     "nltk": _build_nltk,
     "vectors": _build_vectors,
     "similarity": _build_similarity,
+    "mlm": _build_mlm,
 }
 
 

@@ -92,3 +92,29 @@ def test_unknown_recipe(attack_paths, sst2_victim):
     model, tokenizer = sst2_victim
     with pytest.raises(DistatError, match="unknown attack recipe"):
         AttackRunner(AttackJob(recipe="deepwordbug", resources=attack_paths), model, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def bae_paths(tmp_path_factory, attack_paths):
+    """The resources with a masked LM trained briefly on local text (the real build trains longer)."""
+    import dataclasses
+
+    from distat.attacks.mlm import local_corpus, train_mlm_head
+    from distat.attacks.resources import _default_sentence_encoder
+
+    dest = tmp_path_factory.mktemp("mlm") / "mlm"
+    texts = local_corpus(shared_data_dir())[:4000]
+    train_mlm_head(_default_sentence_encoder(dest.parent), texts, dest, steps=200, eval_words=200)
+    return dataclasses.replace(attack_paths, mlm=dest)
+
+
+def test_bae_finds_successful_attacks_with_fluent_words(bae_paths, sst2_victim):
+    model, tokenizer = sst2_victim
+    examples = correctly_classified(model, tokenizer, 8)
+    runner = AttackRunner(AttackJob(recipe="bae", resources=bae_paths, max_length=48), model, tokenizer)
+    records = runner.run(examples)
+    successes = [r for r in records if r.status == "success"]
+    assert successes, records
+    for r in successes:
+        new_words = set(r.perturbed_text.split()) - set(r.text.split())
+        assert new_words and all(w.replace("'", "").replace("-", "").isalpha() for w in new_words), r
