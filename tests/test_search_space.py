@@ -111,7 +111,8 @@ def test_demo_is_small() -> None:
     assert t.data.path == "builtin:rotten_tomatoes" and t.model.backbone == "default"
     assert cfg.search.num_samples <= 4 and cfg.search.max_concurrent == 2
     assert t.data.max_train_examples <= 1000 and t.data.max_length <= 64 and t.train.epochs == 1
-    assert cfg.params["adv_steps"].bounds[1] <= 2 and cfg.attack.n <= 30 and cfg.attack.actors == 1
+    k_max = cfg.params["adv_steps"].bounds[1] if "adv_steps" in cfg.params else t.method.adv_steps
+    assert k_max <= 2 and cfg.attack.n <= 30 and cfg.attack.actors == 1
     assert not cfg.resources.use_gpu
 
 
