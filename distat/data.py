@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from distat.errors import DataError
+from distat.errors import DataError, first_line
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -168,9 +168,6 @@ def _short(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _decode(raw: bytes, source: str) -> str:
@@ -240,7 +237,7 @@ def _parse_csv(raw: bytes, source: str) -> _Table:
                 records.append((start, record))
             start = reader.line_num + 1
     except csv.Error as exc:
-        raise DataError(f"{source}, line {start}: not parseable as CSV ({_first_line(exc)})") from None
+        raise DataError(f"{source}, line {start}: not parseable as CSV ({first_line(exc)})") from None
     if not records:
         raise DataError(f"{source} is empty (no header row)")
     header = records[0][1]
@@ -277,7 +274,7 @@ def _parse_parquet(raw: bytes, source: str) -> _Table:
     try:
         table = pq.read_table(pa.BufferReader(raw))
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise DataError(f"{source}: not a readable parquet file ({_first_line(exc)})") from None
+        raise DataError(f"{source}: not a readable parquet file ({first_line(exc)})") from None
     columns = list(table.column_names)
     _check_header(columns, source)
     data = {c: table.column(c).to_pylist() for c in columns}
@@ -471,7 +468,7 @@ def _read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or _first_line(exc)}") from None
+        raise DataError(f"cannot read {path}: {exc.strerror or first_line(exc)}") from None
 
 
 def _read_meta(folder: Path) -> _Meta:
@@ -623,7 +620,7 @@ def _load_hf_disk(folder: Path, splits: Sequence[str] | None, **options: Any) ->
         obj = datasets.load_from_disk(str(folder))
     except Exception as exc:  # any failure of the reader means a broken folder
         raise DataError(
-            f"{folder}: cannot read the saved Hugging Face dataset ({_first_line(exc)})"
+            f"{folder}: cannot read the saved Hugging Face dataset ({first_line(exc)})"
         ) from None
     return _load_hf_object(obj, folder.resolve().name, str(folder), splits, **options)
 
@@ -638,7 +635,7 @@ def _load_hf_hub(spec: str, splits: Sequence[str] | None, **options: Any) -> Dat
         obj = datasets.load_dataset(name, config or None)
     except Exception as exc:  # network, auth and lookup failures all mean the same here
         raise DataError(
-            f"cannot load {spec} from the Hugging Face Hub (unreachable or unknown: {_first_line(exc)}); "
+            f"cannot load {spec} from the Hugging Face Hub (unreachable or unknown: {first_line(exc)}); "
             "pass a local path instead (a folder of split files or a save_to_disk folder)"
         ) from None
     return _load_hf_object(obj, name + (f"_{config}" if config else ""), spec, splits, **options)
@@ -668,7 +665,7 @@ def _rotten_tomatoes_rows(raw: bytes, source: str) -> tuple[list[str], list[int]
     try:
         table = _parse_csv(bz2.decompress(raw), source)
     except OSError as exc:
-        raise DataError(f"{source}: not a readable bz2 file ({_first_line(exc)})") from None
+        raise DataError(f"{source}: not a readable bz2 file ({first_line(exc)})") from None
     _require_columns(table, ["category", "text"])
     texts: list[str] = []
     labels: list[int] = []

@@ -27,3 +27,9 @@ class DataError(DistatError):
 
 class ModelError(DistatError):
     """A backbone or checkpoint cannot be loaded."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import torch
@@ -12,15 +11,11 @@ import torch.multiprocessing as mp
 
 from distat.config import parse_trial_config
 
-from helpers import shared_data_dir
+from helpers import free_port, shared_data_dir
 
 METHODS = ["adaptive_pgd", "freelb", "fgm", "trades"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, port: int, backbone: str, data: str, out: str) -> None:
@@ -55,7 +50,7 @@ def _worker(rank: int, port: int, backbone: str, data: str, out: str) -> None:
 
 @pytest.mark.slow
 def test_two_workers_end_the_epoch_with_the_same_w_and_weights(tmp_path, tiny_model_dir):
-    port = _free_port()
+    port = free_port()
     mp.spawn(_worker, args=(port, str(tiny_model_dir), str(shared_data_dir() / "sst2"), str(tmp_path)),
              nprocs=2, join=True)
     r0 = json.loads((tmp_path / "rank0.json").read_text())

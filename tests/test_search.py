@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,22 +17,18 @@ import yaml
 
 from distat.cli import main
 
-from helpers import shared_data_dir
+from helpers import free_port, shared_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` process on 127.0.0.1 with its own SQLite store."""
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "art"),
@@ -126,7 +121,7 @@ def test_search_runs_trials_and_logs_parent_and_children(tmp_path, tiny_model_di
 
 def test_unreachable_tracking_server_fails_before_any_training(tmp_path, tiny_model_dir, attack_paths, capsys):
     spec = search_yaml(tmp_path, tiny_model_dir, "nowhere")
-    port = _free_port()
+    port = free_port()
     code = main(["search", str(spec), "--storage", str(tmp_path / "s"), "--tracking-uri", f"http://127.0.0.1:{port}"])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()

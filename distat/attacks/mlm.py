@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from distat.errors import DataError, DistatError, ModelError
+from distat.errors import DataError, DistatError, ModelError, first_line
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -359,7 +359,7 @@ def _build(encoder_path: Path) -> PreTrainedModel:
     try:
         config = BertConfig.from_pretrained(str(encoder_path), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - any loader failure is one line for the user
-        raise ModelError(f"encoder {encoder_path}: not a BERT model folder ({_one_line(exc)})") from None
+        raise ModelError(f"encoder {encoder_path}: not a BERT model folder ({first_line(exc)})") from None
     config.tie_word_embeddings = True
     config.architectures = ["BertForMaskedLM"]
     verbosity = hf_logging.get_verbosity()
@@ -370,7 +370,7 @@ def _build(encoder_path: Path) -> PreTrainedModel:
             torch_dtype=torch.float32,
         )
     except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"encoder {encoder_path}: cannot load its weights ({_one_line(exc)})") from None
+        raise ModelError(f"encoder {encoder_path}: cannot load its weights ({first_line(exc)})") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     missing = [k for k in info["missing_keys"] if not k.startswith(_HEAD_PREFIX)]
@@ -620,7 +620,7 @@ def load_mlm(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         model = AutoModelForMaskedLM.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - any loader failure is one line for the user
         raise ModelError(
-            f"masked LM at {path} cannot be loaded ({_one_line(exc)}); run `distat resources build`"
+            f"masked LM at {path} cannot be loaded ({first_line(exc)}); run `distat resources build`"
         ) from None
     return model.eval(), load_tokenizer(path)
 
@@ -658,6 +658,3 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(part, path)
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
