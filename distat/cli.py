@@ -240,6 +240,12 @@ def _print_front(points: list[Any], files: dict[str, Path], tracking_uri: str) -
     table = front_table(points)
     on_front = [p for p, f in zip(points, non_dominated(points), strict=True) if f]
     print(f"Pareto front ({len(on_front)} of {len(points)} trials, hypervolume {hypervolume(points):.4f}):")
+    below = [p.trial_id for p in points if p.infeasible and not p.diverged]
+    diverged = [p.trial_id for p in points if p.diverged]
+    if below:
+        print(f"  left out, below the clean-accuracy floor: {', '.join(below)}")
+    if diverged:
+        print(f"  left out, diverged: {', '.join(diverged)}")
     cols = [c for c in table.columns if c in ("trial_id", "clean_acc", "robust_acc") or c.startswith("param.")]
     print(table[table["on_front"]][cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     for kind, path in files.items():
@@ -298,8 +304,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     from distat.tracking.pareto import write_artifacts
 
     search_dir = Path(args.search_dir).resolve()
-    spec, _ = load_state(search_dir)
-    points = trial_points(search_dir)
+    spec, scfg = load_state(search_dir)
+    points = trial_points(search_dir, scfg.search.clean_acc_floor)
     if not points:
         raise DistatError(f"{search_dir}: no finished trial yet")
     _print_front(points, write_artifacts(points, search_dir / "pareto"), spec["tracking_uri"])

@@ -180,8 +180,8 @@ def table_points() -> list[TrialPoint]:
 
 def test_front_table_ordering_and_columns():
     table = front_table(table_points())
-    assert list(table.columns[:5]) == ["trial_id", "clean_acc", "robust_acc", "on_front", "diverged"]
-    assert list(table.columns[5:]) == [
+    assert list(table.columns[:6]) == ["trial_id", "clean_acc", "robust_acc", "on_front", "diverged", "infeasible"]
+    assert list(table.columns[6:]) == [
         "param.alpha", "param.k", "param.method", "param.opt.lr", "attack_success_rate"
     ]
     # front (c, f, a, b) by robust accuracy descending, then the rest (d, then the NaN diverged trial last)
@@ -194,8 +194,21 @@ def test_front_table_ordering_and_columns():
     assert table.set_index("trial_id").loc["a", "attack_success_rate"] == pytest.approx(0.7)
 
 
+def test_infeasible_points_leave_the_front_and_do_not_dominate():
+    # the collapsed trial (majority class, "robust" because its few correct answers are hard to flip)
+    # dominates nothing once it is below the clean-accuracy floor
+    collapsed = TrialPoint("collapsed", 0.60, 0.69, infeasible=True)
+    good = TrialPoint("good", 0.80, 0.12)
+    weaker = TrialPoint("weaker", 0.78, 0.40)
+    assert non_dominated([collapsed, good, weaker]) == [False, True, True]
+    assert non_dominated([TrialPoint("collapsed", 0.60, 0.69), good, weaker]) == [True, True, True]
+    table = front_table([collapsed, good, weaker]).set_index("trial_id")
+    assert table.loc["collapsed", "infeasible"] and not table.loc["collapsed", "on_front"]
+
+
 def test_front_table_empty_and_clashing_extra():
-    assert list(front_table([]).columns) == ["trial_id", "clean_acc", "robust_acc", "on_front", "diverged"]
+    assert list(front_table([]).columns) == ["trial_id", "clean_acc", "robust_acc", "on_front", "diverged",
+                                            "infeasible"]
     with pytest.raises(ValueError, match="clean_acc"):
         front_table([TrialPoint("x", 0.5, 0.5, {}, extra={"clean_acc": 1.0})])
 

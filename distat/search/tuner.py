@@ -186,10 +186,11 @@ class _Space:
         return {"data": self.data, "_fn": None}
 
 
-def _searcher(scfg: Any) -> Any:
-    from ray.tune.search.optuna import OptunaSearch
+def _searcher(scfg: Any, points_to_evaluate: list[dict[str, Any]] | None = None) -> Any:
+    from distat.search.searcher import build_searcher
 
-    return OptunaSearch(space=_Space(scfg), metric=list(OBJECTIVES), mode=["max", "max"], seed=scfg.seed)
+    return build_searcher(_Space(scfg), list(OBJECTIVES), seed=scfg.seed, clean_acc_floor=scfg.search.clean_acc_floor,
+                          points_to_evaluate=points_to_evaluate)
 
 
 def _run_config(scfg: Any, paths: SearchPaths, tracking_uri: str, callbacks: list[Any]) -> Any:
@@ -205,8 +206,10 @@ def _run_config(scfg: Any, paths: SearchPaths, tracking_uri: str, callbacks: lis
 
 
 def start_search(scfg: Any, *, storage: Path, tracking_uri: str, cache_dir: Path,
-                 resource_overrides: dict[str, str] | None = None, callbacks: list[Any] = ()) -> Any:
-    """Run a new search to completion; returns Tune's ResultGrid."""
+                 resource_overrides: dict[str, str] | None = None, callbacks: list[Any] = (),
+                 points_to_evaluate: list[dict[str, Any]] | None = None) -> Any:
+    """Run a new search to completion; returns Tune's ResultGrid. ``points_to_evaluate``: parameter values
+    (by search-space name) to try first, e.g. known-good settings or a benchmark's fixed configurations."""
     from ray import tune
 
     paths = SearchPaths(storage=storage.resolve(), name=scfg.name)
@@ -220,7 +223,7 @@ def start_search(scfg: Any, *, storage: Path, tracking_uri: str, cache_dir: Path
     (paths.search_dir / STATE_FILE).write_text(json.dumps(spec, indent=2))
     tuner = tune.Tuner(
         _trainable(spec),
-        tune_config=tune.TuneConfig(search_alg=_searcher(scfg), num_samples=scfg.search.num_samples,
+        tune_config=tune.TuneConfig(search_alg=_searcher(scfg, points_to_evaluate), num_samples=scfg.search.num_samples,
                                     max_concurrent_trials=scfg.search.max_concurrent),
         run_config=_run_config(scfg, paths, tracking_uri, list(callbacks)),
     )
@@ -256,9 +259,10 @@ def resume_search(search_dir: Path) -> Any:
     return tuner.fit()
 
 
-def trial_points(search_dir: Path) -> list[Any]:
+def trial_points(search_dir: Path, clean_acc_floor: float | None = None) -> list[Any]:
     """One :class:`~distat.tracking.pareto.TrialPoint` per finished trial, read from the search directory
-    (complete on disk whatever happened to the driver or the tracking server)."""
+    (complete on disk whatever happened to the driver or the tracking server). Trials below
+    ``clean_acc_floor`` are marked infeasible (kept in the table, off the front)."""
     from distat.tracking.pareto import TrialPoint
 
     points = []
@@ -269,7 +273,9 @@ def trial_points(search_dir: Path) -> list[Any]:
                  if k.startswith(("attack_", "perturbed", "avg_queries", "robust_acc_")) and isinstance(v, (int, float))}
         points.append(TrialPoint(trial_id=data["trial_id"], clean_acc=float(m.get("clean_acc", math.nan)),
                                  robust_acc=float(m.get("robust_acc", math.nan)), params=data["params"],
-                                 diverged=bool(m.get("diverged", 0.0)), extra=extra))
+                                 diverged=bool(m.get("diverged", 0.0)), extra=extra,
+                                 infeasible=clean_acc_floor is not None
+                                 and not float(m.get("clean_acc", 0.0)) >= clean_acc_floor))
     return points
 
 
@@ -278,7 +284,7 @@ def finish_search(scfg: Any, search_dir: Path, tracking_uri: str) -> tuple[list[
     from distat.tracking.mlflow import Tracker
     from distat.tracking.pareto import write_artifacts
 
-    points = trial_points(search_dir)
+    points = trial_points(search_dir, scfg.search.clean_acc_floor)
     files = write_artifacts(points, search_dir / "pareto")
     tracker = Tracker(tracking_uri, scfg.name, search_dir)
     tracker.log_artifacts(tracker.parent_id, search_dir / "pareto")

@@ -8,7 +8,10 @@ Consequences worth stating:
 * of two points with the same clean accuracy only the one with the higher robust accuracy is on the front
   (and the same with the roles swapped);
 * diverged trials and points whose objectives are not finite (NaN, ±inf) are never on the front and never
-  dominate anything: a trial that blew up must not hide a real one.
+  dominate anything: a trial that blew up must not hide a real one;
+* neither are *infeasible* trials (below the search's clean-accuracy floor): a model collapsed to the
+  majority class looks "robust" (its few correct answers are hard to flip) and would otherwise sit on the
+  front.
 
 Artifacts for the parent run of a search (:func:`write_artifacts`): ``pareto.csv`` (:func:`front_table`, one
 row per trial), ``pareto.png`` (matplotlib, Agg canvas, no pyplot global state) and ``pareto.html``: one
@@ -50,7 +53,7 @@ FRONT_COLOR = "#1f77b4"
 DOMINATED_COLOR = "#b3b3b3"
 DIVERGED_COLOR = "#7f7f7f"
 DEFAULT_TITLE = "Pareto front: clean vs robust accuracy"
-_CORE_COLUMNS = ("trial_id", "clean_acc", "robust_acc", "on_front", "diverged")
+_CORE_COLUMNS = ("trial_id", "clean_acc", "robust_acc", "on_front", "diverged", "infeasible")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class TrialPoint:
     params: dict[str, Any] = field(default_factory=dict)
     diverged: bool = False
     extra: dict[str, float] = field(default_factory=dict)
+    infeasible: bool = False  # below the search's clean-accuracy floor
 
     def __post_init__(self) -> None:
         # objectives arrive from metric dicts (numpy scalars, None for a trial that never reported)
@@ -70,11 +74,12 @@ class TrialPoint:
         object.__setattr__(self, "clean_acc", _as_float(self.clean_acc))
         object.__setattr__(self, "robust_acc", _as_float(self.robust_acc))
         object.__setattr__(self, "diverged", bool(self.diverged))
+        object.__setattr__(self, "infeasible", bool(self.infeasible))
 
     @property
     def valid(self) -> bool:
-        """Whether the point takes part in the front: not diverged and both objectives finite."""
-        return not self.diverged and math.isfinite(self.clean_acc) and math.isfinite(self.robust_acc)
+        """Whether the point takes part in the front: not diverged, feasible, both objectives finite."""
+        return not self.diverged and not self.infeasible and math.isfinite(self.clean_acc) and math.isfinite(self.robust_acc)
 
     @property
     def plottable(self) -> bool:
@@ -165,6 +170,7 @@ def front_table(points: Sequence[TrialPoint]) -> pd.DataFrame:
             "robust_acc": point.robust_acc,
             "on_front": on_front,
             "diverged": point.diverged,
+            "infeasible": point.infeasible,
         }
         flat: dict[str, Any] = {}
         for name, value in point.params.items():
@@ -224,6 +230,7 @@ def plot_png(points: Sequence[TrialPoint], path: str | Path, title: str = DEFAUL
     front = [p for p, keep in zip(points, flags, strict=True) if keep]
     dominated = [p for p, keep in zip(points, flags, strict=True) if not keep and p.valid]
     diverged = [p for p in points if p.diverged and p.plottable]
+    infeasible = [p for p in points if p.infeasible and not p.diverged and p.plottable]
     unplotted = sum(not p.plottable for p in points)
 
     fig = Figure(figsize=(7.0, 5.0), dpi=120)
@@ -232,6 +239,10 @@ def plot_png(points: Sequence[TrialPoint], path: str | Path, title: str = DEFAUL
     if dominated:
         ax.scatter([p.clean_acc for p in dominated], [p.robust_acc for p in dominated], s=28,
                    color=DOMINATED_COLOR, label=f"dominated ({len(dominated)})", zorder=2)
+    if infeasible:
+        ax.scatter([p.clean_acc for p in infeasible], [p.robust_acc for p in infeasible], s=28,
+                   facecolors="none", edgecolors=DOMINATED_COLOR, label=f"below clean-acc floor ({len(infeasible)})",
+                   zorder=2)
     if diverged:
         ax.scatter([p.clean_acc for p in diverged], [p.robust_acc for p in diverged], s=40, marker="x",
                    color=DIVERGED_COLOR, label=f"diverged ({len(diverged)})", zorder=2)
@@ -251,7 +262,7 @@ def plot_png(points: Sequence[TrialPoint], path: str | Path, title: str = DEFAUL
     if unplotted:
         ax.text(0.01, 0.01, f"{unplotted} trial(s) without finite objectives not shown",
                 transform=ax.transAxes, fontsize=7, color=DIVERGED_COLOR)
-    if front or dominated or diverged:
+    if front or dominated or diverged or infeasible:
         ax.legend(loc="best", fontsize=8, frameon=False)
     else:
         ax.text(0.5, 0.5, "no trial to show", transform=ax.transAxes, ha="center", va="center")
@@ -313,9 +324,10 @@ p.summary { margin: 0 0 8px 0; color: #555; font-size: 13px; }
 .point { cursor: pointer; }
 circle.front { fill: FRONT; stroke: #fff; stroke-width: 1; }
 circle.dominated { fill: DOMINATED; stroke: none; }
+circle.infeasible { fill: none; stroke: DOMINATED; stroke-width: 1.5; }
 path.diverged { stroke: DIVERGED; stroke-width: 2; fill: none; }
 .point.highlight { stroke: #000; stroke-width: 2.5; }
-svg.hide-dominated .dominated, svg.hide-dominated .diverged { display: none; }
+svg.hide-dominated .dominated, svg.hide-dominated .diverged, svg.hide-dominated .infeasible { display: none; }
 #pareto-tooltip { position: fixed; display: none; pointer-events: none; background: rgba(255,255,255,0.97);
   border: 1px solid #999; border-radius: 4px; padding: 6px 8px; font-size: 12px; max-width: 360px;
   box-shadow: 0 2px 6px rgba(0,0,0,0.15); white-space: pre-wrap; word-break: break-word; }
@@ -428,7 +440,7 @@ def _svg(points: Sequence[TrialPoint], flags: Sequence[bool]) -> str:
     layers = sorted(shown, key=lambda item: item[1])
     out.append('<g class="points">')
     for p, keep in layers:
-        status = "front" if keep else ("diverged" if p.diverged else "dominated")
+        status = "front" if keep else ("diverged" if p.diverged else "infeasible" if p.infeasible else "dominated")
         params = {k: _param_text(v) for k, v in p.params.items()}
         attrs = (
             f'class="point {status}" data-trial="{_esc(p.trial_id)}" data-clean="{_fmt(p.clean_acc)}" '
@@ -482,9 +494,10 @@ def plot_html(points: Sequence[TrialPoint], path: str | Path, title: str = DEFAU
     n_front = sum(flags)
     n_diverged = sum(p.diverged for p in points)
     n_unplotted = sum(not p.plottable for p in points)
-    n_dominated = len(points) - n_front - n_diverged
+    n_infeasible = sum(p.infeasible and not p.diverged for p in points)
+    n_dominated = len(points) - n_front - n_diverged - n_infeasible
     summary = (f"{len(points)} trials: {n_front} on the front, {n_dominated} dominated, "
-               f"{n_diverged} diverged; hypervolume (reference 0, 0) {hypervolume(points):.4f}")
+               f"{n_diverged} diverged, {n_infeasible} below the clean-accuracy floor; hypervolume (reference 0, 0) {hypervolume(points):.4f}")
     if n_unplotted:
         summary += f"; {n_unplotted} without finite objectives not plotted"
     page = "\n".join([
