@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -25,6 +23,8 @@ from distat.data import load_dataset
 from distat.methods.base import StepContext
 from distat.models import load_classifier, load_tokenizer, resolve_backbone
 from distat.training import make_optimizer
+
+from common import shared_data
 
 BATCH, TOKENS, K = 16, 64, 5
 METHODS = {
@@ -38,9 +38,6 @@ METHODS = {
     "trades5": {"name": "trades", "adv_steps": K},
 }
 
-
-def shared_data() -> Path:
-    return Path(os.environ.get("DISTAT_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
 def fixed_batch(tokenizer) -> dict[str, torch.Tensor]:

@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
-from pathlib import Path
+
+from common import shared_data
 
 N_DEFAULT = 40
 
-
-def shared_data() -> Path:
-    return Path(os.environ.get("DISTAT_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
 def victim(train_rows: int):

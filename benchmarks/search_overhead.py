@@ -1,0 +1,156 @@
+"""Search overhead: the same 4 fixed trial configurations run back to back in one plain Python process
+(core training + in-process attack, no Ray, no MLflow) and as a distat search (Ray Tune + Optuna, Ray Train
+trials, an attack actor, MLflow child runs, Pareto artifacts), once with 1 concurrent trial and once with 2.
+
+* ``overhead_ratio`` = search wall time (1 concurrent trial) / plain wall time. Target ≤ 1.10. Both sides
+  give each trial one CPU thread: a search trial's Ray Train worker and its attack actor hold 1 CPU each
+  (Ray sets their thread count to it), so the plain side runs with ``torch.set_num_threads(1)``. What is
+  left is Tune, Train, actor start-up and MLflow bookkeeping.
+* ``concurrency2_speedup`` = the 1-concurrent search's wall time / the 2-concurrent search's (2 cores here,
+  so at most ~2).
+* ``demo_wall_s``: ``distat search search_spaces/demo.yaml`` end to end in a subprocess, the README's demo
+  (skip it with ``--no-demo``).
+
+Wall times start before ``ray.init`` (the search pays for starting Ray) and end when the front is written.
+The 4 configurations are the search space's first points (``points_to_evaluate``), so both sides train
+exactly the same trials. The last line is JSON.
+
+    .venv/bin/python benchmarks/search_overhead.py [--train-rows 240] [--no-demo]
+
+Needs the offline resources: `.venv/bin/distat resources build`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+POINTS = [
+    {"method": "pgd", "adv_lr": 0.03},
+    {"method": "freelb", "adv_lr": 0.05},
+    {"method": "adaptive_pgd", "adv_lr": 0.03},
+    {"method": "adaptive_freelb", "adv_lr": 0.05},
+]
+
+
+def search_config(name: str, train_rows: int, concurrent: int) -> dict:
+    return {
+        "name": name,
+        "seed": 13,
+        "trial": {
+            "seed": 13,
+            "data": {"path": "builtin:rotten_tomatoes", "max_train_examples": train_rows, "max_dev_examples": 100,
+                     "max_length": 64},
+            "model": {"backbone": "default"},
+            "method": {"name": "pgd", "adv_steps": 2, "init_mag": 0.05},
+            "train": {"epochs": 1, "batch_size": 16, "lr": 2e-4},
+        },
+        "attack": {"recipe": "textfooler", "n": 8, "split": "dev", "actors": 1, "cpus_per_actor": 1,
+                   "options": {"max_modify_rate": 0.3}},
+        "search": {"num_samples": len(POINTS), "max_concurrent": concurrent},
+        "resources": {"num_workers": 1, "use_gpu": False, "cpus_per_worker": 1},
+        "params": {
+            "method": {"choice": [p["method"] for p in POINTS]},
+            "adv_lr": {"loguniform": [0.01, 0.1]},
+        },
+    }
+
+
+def run_plain(scfg, workdir: Path, cache: Path) -> tuple[float, list[dict]]:
+    """The 4 trials back to back in this process, one thread, attacks in-process."""
+    import torch
+
+    from distat.search.space import apply_params
+    from distat.search.tuner import _robust_eval
+    from distat.training import run_trial
+
+    torch.set_num_threads(1)
+    plain_attack = scfg.model_copy(update={"attack": scfg.attack.model_copy(update={"actors": 0})})
+    spec = {"cache_dir": str(cache), "resource_overrides": {}}
+    results = []
+    t0 = time.perf_counter()
+    for i, point in enumerate(POINTS):
+        out = workdir / f"plain_{i}"
+        result = run_trial(apply_params(scfg, point, str(out)), out)
+        robust = _robust_eval(plain_attack, spec, result.checkpoint, out)
+        results.append({"clean_acc": result.metrics["clean_acc"], "robust_acc": robust["robust_acc"]})
+    elapsed = time.perf_counter() - t0
+    torch.set_num_threads(os.cpu_count() or 1)
+    return elapsed, results
+
+
+def run_search(scfg, workdir: Path, cache: Path) -> tuple[float, list[dict]]:
+    import ray
+
+    from distat.search.tuner import finish_search, start_search, trial_points
+
+    storage = workdir / "searches"
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    t0 = time.perf_counter()
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        start_search(scfg, storage=storage, tracking_uri=uri, cache_dir=cache, points_to_evaluate=POINTS)
+        finish_search(scfg, storage / scfg.name, uri)
+    finally:
+        ray.shutdown()
+    elapsed = time.perf_counter() - t0
+    points = trial_points(storage / scfg.name)
+    return elapsed, [{"method": p.params["method"], "clean_acc": p.clean_acc, "robust_acc": p.robust_acc}
+                     for p in points]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--train-rows", type=int, default=240)
+    parser.add_argument("--no-demo", action="store_true", help="skip timing the demo search")
+    args = parser.parse_args()
+
+    from distat.attacks import resources
+    from distat.search.space import parse_search_config
+
+    cache = resources.cache_dir()
+    work = Path(tempfile.mkdtemp(prefix="distat-bench-search-"))
+
+    t_plain, plain = run_plain(parse_search_config(search_config("plain", args.train_rows, 1)), work, cache)
+    print(f"plain: {t_plain:.1f} s  {plain}", file=sys.stderr)
+    t_s1, s1 = run_search(parse_search_config(search_config("one", args.train_rows, 1)), work, cache)
+    print(f"search, 1 concurrent: {t_s1:.1f} s  {s1}", file=sys.stderr)
+    t_s2, s2 = run_search(parse_search_config(search_config("two", args.train_rows, 2)), work, cache)
+    print(f"search, 2 concurrent: {t_s2:.1f} s  {s2}", file=sys.stderr)
+
+    demo_s = None
+    if not args.no_demo:
+        t0 = time.perf_counter()
+        subprocess.run([str(Path(sys.executable).parent / "distat"), "search", str(REPO / "search_spaces/demo.yaml"),
+                        "--storage", str(work / "demo"), "--tracking-uri", f"sqlite:///{work / 'demo.db'}"],
+                       cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        demo_s = time.perf_counter() - t0
+
+    same = sorted(round(r["clean_acc"], 6) for r in plain) == sorted(round(r["clean_acc"], 6) for r in s1)
+    result = {
+        "overhead_ratio": t_s1 / t_plain,
+        "concurrency2_speedup": t_s1 / t_s2,
+        "demo_wall_s": demo_s,
+        "plain_s": t_plain,
+        "search1_s": t_s1,
+        "search2_s": t_s2,
+        "same_clean_acc": same,
+        "train_rows": args.train_rows,
+    }
+    for k, v in result.items():
+        print(f"{k:>22}: {v:.4f}" if isinstance(v, float) else f"{k:>22}: {v}", file=sys.stderr)
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
