@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -48,7 +48,7 @@ class MethodConfig(_Strict):
     """The AT method and its knobs (the ones TextDefender exposes, plus adaptive AT's).
 
     ``name`` is a registry key (``standard``, ``fgm``, ``pgd``, ``freelb``, ``tavat``, ``trades``,
-    ``adaptive``); ``adaptive_pgd`` / ``adaptive_freelb`` / ``adaptive_tavat`` are shorthands for
+    ``adaptive``, ``mixup``); ``adaptive_pgd`` / ``adaptive_freelb`` / ``adaptive_tavat`` are shorthands for
     ``name: adaptive`` with ``base`` set.
     """
 
@@ -64,6 +64,16 @@ class MethodConfig(_Strict):
     beta: float | None = Field(default=None, gt=0)  # None = auto: k for PGD/TA-VAT, (k+1)/2 for FreeLB
     w_lr: float = Field(default=1.0, ge=0)  # learning rate of the gradient ascent on w; 0 freezes w
     w_init: Literal["uniform", "linear"] = "uniform"  # linear: w_i ∝ k-i+1 (FreeLB's implicit weights)
+    # hidden-state mixup (AMDA's mixup half)
+    mix_type: Literal["tmix", "smix"] = "tmix"  # tmix: every token's hidden state; smix: position 0 only
+    # λ ~ Beta(α, α). The AMDA authors' scripts (MixADA) run TMix with α = 2.0 (a few runs use 0.4); 2.0
+    # puts λ mostly near 0.5 (E|λ − ½| ≈ 0.19), i.e. real mixing rather than near-copies of one example.
+    mix_alpha: float = Field(default=2.0, gt=0)
+    # encoder layers (1-based: L = mix the output of layer L) to draw from; None = the paper's {7, 9, 12}
+    # of 12 scaled to the backbone's depth (distat.augment.mixup.default_layers); checked against the depth
+    # when the model is built
+    mix_layers: Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=1)] | None = None
+    mix_weight: float = Field(default=1.0, ge=0)  # weight of KL(mixed targets ‖ mixed prediction)
 
     @model_validator(mode="before")
     @classmethod
@@ -74,6 +84,11 @@ class MethodConfig(_Strict):
                 raise ValueError(f"name {data['name']!r} contradicts base {data['base']!r}")
             data = {**data, "name": "adaptive", "base": base}
         return data
+
+    @field_validator("mix_layers")
+    @classmethod
+    def _sorted_layers(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        return None if v is None else tuple(sorted(set(v)))
 
     @model_validator(mode="after")
     def _check(self) -> MethodConfig:

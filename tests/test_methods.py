@@ -15,8 +15,9 @@ from distat.methods.adaptive import initial_weights, project_simplex
 from distat.methods.base import StepContext, embeds, forward_logits
 from distat.methods.perturb import Perturbation, increments
 
-ALL = ["standard", "fgm", "pgd", "freelb", "tavat", "trades", "adaptive_pgd", "adaptive_freelb", "adaptive_tavat"]
-PERTURBING = [m for m in ALL if m != "standard"]
+ALL = ["standard", "fgm", "pgd", "freelb", "tavat", "trades", "adaptive_pgd", "adaptive_freelb", "adaptive_tavat",
+       "mixup"]
+PERTURBING = [m for m in ALL if m not in ("standard", "mixup")]  # mixup perturbs hidden states, not embeddings
 
 SENTENCES = [
     "a stirring , funny and finally transporting re-imagining of beauty and the beast",
@@ -49,7 +50,7 @@ def step(method_name: str, model, batch, seed: int = 0, **kw):
 
 
 def test_registry_lists_every_method():
-    assert set(methods.available()) == {"standard", "fgm", "pgd", "freelb", "tavat", "trades", "adaptive"}
+    assert set(methods.available()) == {"standard", "fgm", "pgd", "freelb", "tavat", "trades", "adaptive", "mixup"}
 
 
 @pytest.mark.parametrize("name", ALL)

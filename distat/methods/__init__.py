@@ -12,6 +12,7 @@ from distat.methods.adaptive import AdaptiveAT
 from distat.methods.base import ATMethod, StepContext, StepOutput
 from distat.methods.fgm import FGM
 from distat.methods.freelb import FreeLB
+from distat.methods.mixup import Mixup
 from distat.methods.pgd import PGD, KStepMethod
 from distat.methods.tavat import TAVAT
 from distat.methods.trades import TRADES
@@ -19,10 +20,10 @@ from distat.methods.trades import TRADES
 if TYPE_CHECKING:
     from distat.config import MethodConfig
 
-__all__ = ["ATMethod", "KStepMethod", "StepContext", "StepOutput", "available", "build", "REGISTRY"]
+__all__ = ["ATMethod", "KStepMethod", "Mixup", "StepContext", "StepOutput", "available", "build", "REGISTRY"]
 
 REGISTRY: dict[str, type[ATMethod]] = {
-    cls.name: cls for cls in (ATMethod, FGM, PGD, FreeLB, TAVAT, TRADES, AdaptiveAT)
+    cls.name: cls for cls in (ATMethod, FGM, PGD, FreeLB, TAVAT, TRADES, AdaptiveAT, Mixup)
 }
 
 
