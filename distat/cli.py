@@ -31,6 +31,29 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _prepare_ada(cfg: Any, out: Path, args: argparse.Namespace) -> Any:
+    """ADA for `distat train`: victim and pool in the resource cache (``ada/``), attacks in this process or
+    on a local Ray when ``augment.actors > 0``."""
+    from distat.attacks import resources
+    from distat.augment.ada import Generator, prepare_trial
+    from distat.augment.cache import FolderCache
+
+    cache = resources.cache_dir(args.cache_dir)
+    overrides = _overrides(args)
+    _check_attack_resources(cache, overrides, cfg.augment.recipe)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"ADA: {cfg.augment.recipe} examples of {cfg.augment.ratio:.0%} of the training set "
+          f"(pool cache {cache / 'ada'})", file=sys.stderr)
+    ray = _init_ray(None) if cfg.augment.actors > 0 else None
+    try:
+        cfg, info = prepare_trial(cfg, out, Generator(FolderCache(cache / "ada"), resources.resolve(cache, overrides)))
+    finally:
+        if ray is not None:
+            ray.shutdown()
+    print(f"ADA: {int(info['ada_examples'])} adversarial examples added from pool {info['ada_pool']}", file=sys.stderr)
+    return cfg
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -50,6 +73,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"no checkpoint in {ckpt_root}: starting from scratch", file=sys.stderr)
     elif list_checkpoints(ckpt_root) and not args.overwrite:
         raise DistatError(f"{out} already holds checkpoints: pass --resume to continue or --overwrite to start over")
+
+    if cfg.augment is not None and cfg.augment.ratio > 0:
+        cfg = _prepare_ada(cfg, out, args)
 
     bar = tqdm(desc="train", unit="step", disable=args.quiet or not sys.stderr.isatty(), leave=False)
 
@@ -246,8 +272,12 @@ def _print_front(points: list[Any], files: dict[str, Path], tracking_uri: str) -
         print(f"  left out, below the clean-accuracy floor: {', '.join(below)}")
     if diverged:
         print(f"  left out, diverged: {', '.join(diverged)}")
-    cols = [c for c in table.columns if c in ("trial_id", "clean_acc", "robust_acc") or c.startswith("param.")]
+    shown = ("trial_id", "clean_acc", "robust_acc", "static_robust_acc", "ada_examples")
+    cols = [c for c in table.columns if c in shown or c.startswith("param.")]
     print(table[table["on_front"]][cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if "static_robust_acc" in table.columns:
+        print("robust_acc: targeted evaluation (a new attack on each model); static_robust_acc: the ADA victim's "
+              "adversarial examples reused for every model (overstates robustness)")
     for kind, path in files.items():
         print(f"{kind}: {path}")
     print(f"open it in MLflow: mlflow ui --backend-store-uri {tracking_uri}")
@@ -329,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def resource_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--cache-dir", help="resource cache (default $DISTAT_CACHE_DIR or ~/.cache/distat)")
+        p.add_argument("--resource", action="append", metavar="NAME=PATH",
+                       help="override one resource path (wordnet, word_vectors, sentence_encoder, mlm, "
+                            "pos_model, calibration)")
+
     p = sub.add_parser("train", help="run one training trial from a YAML config and print its metrics")
     p.add_argument("config", help="trial YAML (see configs/demo.yaml)")
     p.add_argument("--output-dir", help="where checkpoints and metrics go (overrides output_dir)")
@@ -336,13 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output dir")
     p.add_argument("--overwrite", action="store_true", help="start over even if checkpoints exist")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    resource_flags(p)  # for ADA (augment: in the config)
     p.set_defaults(func=cmd_train)
-
-    def resource_flags(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--cache-dir", help="resource cache (default $DISTAT_CACHE_DIR or ~/.cache/distat)")
-        p.add_argument("--resource", action="append", metavar="NAME=PATH",
-                       help="override one resource path (wordnet, word_vectors, sentence_encoder, mlm, "
-                            "pos_model, calibration)")
 
     p = sub.add_parser("resources", help="build or show the offline attack resources")
     p.add_argument("action", choices=["build", "show"])

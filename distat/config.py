@@ -33,6 +33,9 @@ class DataConfig(_Strict):
     max_train_examples: int | None = Field(default=None, gt=0)
     max_dev_examples: int | None = Field(default=None, gt=0)
     max_length: int = Field(default=128, ge=8, le=4096)
+    # extra training rows appended after sampling (JSONL: text_a, text_b, label), e.g. the adversarial
+    # examples ADA picked for this trial; they are not counted by max_train_examples
+    augment_file: str | None = None
 
 
 class ModelConfig(_Strict):
@@ -85,6 +88,17 @@ class MethodConfig(_Strict):
             data = {**data, "name": "adaptive", "base": base}
         return data
 
+    @field_validator("mix_layers", mode="before")
+    @classmethod
+    def _layer_string(cls, v: Any) -> Any:
+        # "4,5,6" (how a search space's categorical choice names a layer set) → (4, 5, 6)
+        if isinstance(v, str):
+            try:
+                return tuple(int(part) for part in v.replace(" ", "").split(",") if part)
+            except ValueError:
+                raise ValueError(f"{v!r}: expected layer numbers separated by commas, e.g. '4,5,6'") from None
+        return v
+
     @field_validator("mix_layers")
     @classmethod
     def _sorted_layers(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
@@ -119,6 +133,38 @@ class TrainConfig(_Strict):
     keep_checkpoints: int = Field(default=2, ge=1)
 
 
+class VictimConfig(_Strict):
+    """The model ADA attacks: a given checkpoint, or a standard fine-tune of the trial's backbone and data."""
+
+    checkpoint: str | None = None
+    epochs: int = Field(default=1, ge=1)
+    lr: float | None = Field(default=None, gt=0)  # None = the trial's train.lr
+
+
+class AugmentConfig(_Strict):
+    """ADA: adversarial examples of the training set (Si et al., AMDA), generated once per pool.
+
+    A pool attacks the first ⌈pool_ratio·N⌉ examples of a seeded permutation of the N training rows; a trial
+    with ``ratio`` r trains on the original rows plus the successful adversarial examples among the first
+    ⌈r·N⌉, so pools of every ratio are nested and one pool serves all trials of a search.
+    """
+
+    ratio: float = Field(default=0.5, ge=0, le=1)  # fraction of the training set attacked for this trial
+    pool_ratio: float | None = Field(default=None, gt=0, le=1)  # None = ratio; a search sets its largest
+    recipe: Literal["pwws", "textfooler"] = "pwws"
+    victim: VictimConfig = VictimConfig()
+    max_modify_rate: float | None = Field(default=0.3, gt=0, le=1)
+    query_budget: int | None = Field(default=None, ge=1)
+    max_candidates: int | None = Field(default=None, ge=1)
+    actors: int = Field(default=1, ge=0)  # attack actors when generating (0 = in the generating process)
+    gpus_per_actor: float = Field(default=0.0, ge=0)
+    cache: bool = True  # False: generate into the trial's own folder (the benchmark's "fresh" baseline)
+
+    @property
+    def effective_pool_ratio(self) -> float:
+        return max(self.pool_ratio or 0.0, self.ratio)
+
+
 class TrialConfig(_Strict):
     """Everything one training run needs; a trial is reproducible from it."""
 
@@ -127,6 +173,7 @@ class TrialConfig(_Strict):
     model: ModelConfig = ModelConfig()
     method: MethodConfig = MethodConfig()
     train: TrainConfig = TrainConfig()
+    augment: AugmentConfig | None = None  # ADA (adversarial data augmentation); None = off
     output_dir: str = "runs/train"
 
     @field_validator("output_dir")

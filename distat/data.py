@@ -104,6 +104,20 @@ class Split:
             source=self.source,
         )
 
+    def extend(self, other: Split) -> Split:
+        """This split's rows followed by ``other``'s (same shape: single texts or pairs)."""
+        if not len(other):
+            return self
+        if (self.text_b is None) != (other.text_b is None):
+            raise DataError(f"cannot add {other.source} to split {self.name!r}: one has sentence pairs, the other not")
+        return Split(
+            name=self.name,
+            text_a=self.text_a + other.text_a,
+            text_b=None if self.text_b is None else self.text_b + (other.text_b or []),
+            labels=self.labels + other.labels,
+            source=f"{self.source} + {other.source}",
+        )
+
     def sample(self, n: int | None, seed: int) -> Split:
         """``n`` rows drawn without replacement with ``seed``, kept in their original order.
 
@@ -755,6 +769,51 @@ def load_dataset(
     if _is_hf_folder(folder):
         return _load_hf_disk(folder, splits, **options)
     return _load_folder(folder, splits, **options)
+
+
+def write_rows(split: Split, path: str | os.PathLike[str]) -> Path:
+    """Write ``split`` as JSONL rows ``{"text_a", "text_b", "label"}`` (atomically); see :func:`read_rows`."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for i, label in enumerate(split.labels):
+            row = {"text_a": split.text_a[i], "text_b": None if split.text_b is None else split.text_b[i],
+                   "label": label}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_rows(path: str | os.PathLike[str], name: str, num_labels: int) -> Split:
+    """Extra rows written by :func:`write_rows` (e.g. adversarial examples), checked against ``num_labels``."""
+    path = Path(path)
+    text_a: list[str] = []
+    text_b: list[str] = []
+    labels: list[int] = []
+    pairs: bool | None = None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise DataError(f"cannot read extra rows {path}: {e.strerror or e}") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            a, b, label = row["text_a"], row.get("text_b"), row["label"]
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{path} line {n}: expected {{\"text_a\", \"text_b\", \"label\"}}") from None
+        if not isinstance(label, int) or not 0 <= label < num_labels:
+            raise DataError(f"{path} line {n}: label {label!r} is not in 0..{num_labels - 1}")
+        if pairs is None:
+            pairs = b is not None
+        if pairs != (b is not None):
+            raise DataError(f"{path} line {n}: mixes single sentences and sentence pairs")
+        text_a.append(str(a))
+        if b is not None:
+            text_b.append(str(b))
+        labels.append(label)
+    return Split(name=name, text_a=text_a, text_b=text_b if pairs else None, labels=labels, source=str(path))
 
 
 # --------------------------------------------------------------------------------------------------

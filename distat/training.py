@@ -89,11 +89,21 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def build_parts(cfg: TrialConfig, device: torch.device | None = None) -> _Parts:
+def load_splits(cfg: TrialConfig) -> tuple[data_mod.Dataset, data_mod.Split, data_mod.Split]:
+    """The dataset and the trial's train and dev rows: seeded samples of at most ``max_*_examples``; the
+    train rows exclude ``data.augment_file``'s extra rows (see :func:`build_parts`)."""
     dcfg = cfg.data
     ds = data_mod.load_dataset(dcfg.path, splits=[dcfg.train_split, dcfg.dev_split], text_fields=dcfg.text_fields)
     train_split = ds.split(dcfg.train_split).sample(dcfg.max_train_examples, seed=cfg.seed)
     dev_split = ds.split(dcfg.dev_split).sample(dcfg.max_dev_examples, seed=cfg.seed)
+    return ds, train_split, dev_split
+
+
+def build_parts(cfg: TrialConfig, device: torch.device | None = None) -> _Parts:
+    dcfg = cfg.data
+    ds, train_split, dev_split = load_splits(cfg)
+    if dcfg.augment_file:
+        train_split = train_split.extend(data_mod.read_rows(dcfg.augment_file, dcfg.train_split, ds.num_labels))
     path = resolve_backbone(cfg.model.backbone)
     tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
     max_length = min(dcfg.max_length, tokenizer.model_max_length)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from distat.attacks.recipes import AttackOptions
-from distat.config import TrialConfig
+from distat.config import AugmentConfig, TrialConfig
 from distat.errors import ConfigError
 from distat.search.space import (
     ALIASES,
@@ -28,7 +28,7 @@ from distat.search.space import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ("demo", "adaptive_pgd", "adaptive_freelb", "baselines")
+SHIPPED = ("demo", "adaptive_pgd", "adaptive_freelb", "baselines", "amda")
 
 ADAPTIVE = ["adaptive_pgd", "adaptive_freelb"]
 
@@ -185,8 +185,11 @@ BAD_CASES: list[tuple[str, Any, str, str]] = [
     ("same setting twice", {"params__method.adv_lr": {"uniform": [0.1, 0.2]}}, "params.method.adv_lr",
      "like adv_lr"),
     ("searched output_dir", {"params__output_dir": {"choice": ["a"]}}, "params.output_dir", "set by the search"),
-    ("AMDA mixup", {"params__mixup_alpha": {"uniform": [0.1, 1.0]}}, "params.mixup_alpha", "not available yet"),
-    ("AMDA ratio", {"params__aug_ratio": {"choice": [0.5, 1.0]}}, "params.aug_ratio", "not available yet"),
+    ("mixup α ≤ 0", {"params__mixup_alpha": {"uniform": [0.0, 1.0]}}, "params.mixup_alpha.uniform.0",
+     "method.mix_alpha"),
+    ("aug ratio > 1", {"params__aug_ratio": {"choice": [0.5, 1.5]}}, "params.aug_ratio.choice.1", "augment.ratio"),
+    ("bad layer set", {"params__mix_layers": {"choice": ["4,5", "x"]}}, "params.mix_layers.choice.1",
+     "layer numbers"),
     ("no params", {"params": {}}, "params", "at least one"),
     ("output_dir in trial", {"trial__output_dir": "runs/x"}, "trial.output_dir", "set by the search"),
     ("bad trial value", {"trial__train__epochs": 0}, "trial.train.epochs", "greater than or equal to 1"),
@@ -395,14 +398,27 @@ def test_model_dump_round_trips() -> None:
 def test_alias_table_points_into_trial_config() -> None:
     fields = {f"{section}.{name}" for section in ("data", "model", "method", "train")
               for name in type(getattr(TrialConfig(), section)).model_fields}
+    fields |= {f"augment.{name}" for name in AugmentConfig.model_fields}
     for alias, target in ALIASES.items():
-        if target is None:
-            assert alias in ("mixup_alpha", "aug_ratio")
-        else:
-            assert target in fields, (alias, target)
+        assert target in fields, (alias, target)
     for name in ("adv_lr", "adv_steps", "init_mag", "max_norm", "norm_type", "beta", "w_lr", "w_init",
                  "trades_beta", "lr", "epochs", "batch_size", "weight_decay", "warmup_ratio", "method"):
         assert ALIASES[name] is not None
+
+
+def test_amda_params_and_one_pool_for_the_largest_ratio() -> None:
+    cfg = parse_search_config(_config(
+        trial__method={"name": "mixup"}, trial__augment={"recipe": "pwws"},
+        params={"aug_ratio": {"choice": [0.25, 0.5, 1.0]}, "mixup_alpha": {"loguniform": [0.2, 4.0]},
+                "mix_type": {"choice": ["tmix", "smix"]}, "mix_layers": {"choice": ["4,5,6", "6"]}},
+    ))
+    t = apply_params(cfg, {"aug_ratio": 0.25, "mixup_alpha": 2.0, "mix_type": "smix", "mix_layers": "4,5,6"}, "o")
+    assert t.augment.ratio == 0.25 and t.augment.pool_ratio == 1.0 and t.augment.effective_pool_ratio == 1.0
+    assert (t.method.name, t.method.mix_alpha, t.method.mix_type, t.method.mix_layers) == ("mixup", 2.0, "smix",
+                                                                                            (4, 5, 6))
+    # without a searched ratio the pool is the trial's own ratio
+    fixed = parse_search_config(_config(trial__augment={"ratio": 0.3}))
+    assert fixed.base_trial().augment.pool_ratio is None and fixed.base_trial().augment.effective_pool_ratio == 0.3
 
 
 def test_attack_options_mirror_the_recipes() -> None:

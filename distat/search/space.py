@@ -97,9 +97,12 @@ ALIASES: dict[str, str | None] = {
     "batch_size": "train.batch_size",
     "weight_decay": "train.weight_decay",
     "warmup_ratio": "train.warmup_ratio",
-    # AMDA (adversarial data augmentation + hidden-state mixup) arrives with a later issue.
-    "mixup_alpha": None,
-    "aug_ratio": None,
+    # AMDA: adversarial data augmentation (trial.augment) and hidden-state mixup (method: mixup)
+    "aug_ratio": "augment.ratio",  # fraction of the training set attacked for the trial's ADA examples
+    "mixup_alpha": "method.mix_alpha",  # λ ~ Beta(α, α)
+    "mix_type": "method.mix_type",  # tmix | smix
+    "mix_layers": "method.mix_layers",  # a layer set as a string, e.g. "4,5,6"
+    "mix_weight": "method.mix_weight",
 }
 
 #: Targets where the categorical value ``auto`` stands for None (the method's own default).
@@ -145,8 +148,9 @@ def _trial_fields() -> dict[str, Any]:
 
     def walk(model: type[BaseModel], prefix: str) -> None:
         for name, info in model.model_fields.items():
-            if _is_model(info.annotation):
-                walk(info.annotation, f"{prefix}{name}.")
+            nested = _model_of(info.annotation)
+            if nested is not None:
+                walk(nested, f"{prefix}{name}.")
             else:
                 out[prefix + name] = info
 
@@ -158,13 +162,23 @@ def _is_model(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The settings model of a field typed ``Model`` or ``Model | None`` (an optional section), else None."""
+    if _is_model(annotation):
+        return annotation
+    if get_origin(annotation) in (typing.Union, types.UnionType):
+        models = [a for a in get_args(annotation) if _is_model(a)]
+        if len(models) == 1 and all(a is type(None) or a is models[0] for a in get_args(annotation)):
+            return models[0]
+    return None
+
+
 def param_target(name: str) -> str:
     """The TrialConfig path parameter ``name`` sets; ValueError saying why if it sets none."""
     if name in ALIASES:
         target = ALIASES[name]
         if target is None:
-            raise ValueError(f"{name} is not available yet: AMDA (augmentation ratio, mixup α) comes with a "
-                             "later version of distat")
+            raise ValueError(f"{name} is not available in this version of distat")
         return target
     if name in _NOT_SEARCHABLE:
         raise ValueError(_NOT_SEARCHABLE[name])
@@ -397,6 +411,9 @@ class AttackSettings(_Strict):
     cpus_per_actor: Number = Field(default=1.0, gt=0)
     gpus_per_actor: Number = Field(default=0.0, ge=0)
     options: AttackOptionSettings = AttackOptionSettings()
+    # also score every trial on the ADA victim's adversarial examples of the same subset (static evaluation,
+    # AMDA's Table 1), logged as static_robust_acc next to the targeted robust_acc
+    static: StrictBool = False
 
     @field_validator("recipe")
     @classmethod
@@ -752,11 +769,24 @@ def apply_params(cfg: SearchConfig, params: dict[str, Any], output_dir: str) -> 
         raise ConfigError(f"search {cfg.name}: unknown parameter(s) {', '.join(map(str, unknown))} "
                           f"(searched: {', '.join(cfg.params)})")
     ordered = {name: params[name] for name in cfg.params if name in params}
+    base = cfg.trial
+    largest = _largest_aug_ratio(cfg)
+    if largest is not None and (base.get("augment") or {}).get("pool_ratio") is None:
+        # one ADA pool for the whole search: generated for the largest ratio any trial can ask for
+        base = copy.deepcopy(base)
+        set_dotted(base, "augment.pool_ratio", largest)
     try:
-        return _build(ordered, cfg.trial, output_dir)
+        return _build(ordered, base, output_dir)
     except ValidationError as e:
         loc, msg = _first_problem(e, TrialConfig)
         raise ConfigError(f"search {cfg.name}: params {ordered}: {'.'.join(loc)}: {msg}") from None
+
+
+def _largest_aug_ratio(cfg: SearchConfig) -> float | None:
+    for name, spec in cfg.params.items():
+        if param_target(name) == "augment.ratio":
+            return float(max(v for _, v in spec.points()))
+    return None
 
 
 def _build(values: dict[str, Any], base: dict[str, Any], output_dir: str) -> TrialConfig:
@@ -796,7 +826,10 @@ def describe(cfg: SearchConfig) -> str:
         f"maximise {' and '.join(s.objectives)}{floor}",
         f"trial: {t.method.label} on {t.data.path} ({data}), backbone {t.model.backbone}, "
         f"{t.train.epochs} epoch(s), batch {t.train.batch_size}, lr {_fmt(t.train.lr)}, seed {t.seed}",
-        f"attack: {a.recipe} on {a.n} {a.split} examples, {where}",
+        f"attack: {a.recipe} on {a.n} {a.split} examples, {where}"
+        + (" (+ static evaluation on the ADA victim's examples)" if a.static else ""),
+        *([f"ADA: {t.augment.recipe} examples of the training set, one pool for ratio "
+           f"{_fmt(t.augment.effective_pool_ratio)} shared by all trials"] if t.augment else []),
         f"resources per trial: {r.num_workers} worker(s) × {_fmt(r.cpus_per_worker)} CPU{gpu}",
         "params:",
         *(f"  {name:<{width}}  {spec.describe()}" for name, spec in cfg.params.items()),
