@@ -96,6 +96,9 @@ def test_search_runs_trials_and_logs_parent_and_children(tmp_path, tiny_model_di
         assert f["params"]["method"] in ("pgd", "adaptive_pgd")
         assert ("w_lr" in f["params"]) == (f["params"]["method"] == "adaptive_pgd")
     assert {p.name for p in (search_dir / "pareto").iterdir()} >= {"pareto.csv", "pareto.png", "pareto.html"}
+    # 2 concurrent trials on 2 cores really train at the same time (the Tune trainable holds no CPU)
+    walls = sorted(f["train_wall"] for f in finals)
+    assert any(b[0] < a[1] for a, b in zip(walls, walls[1:], strict=False)), walls
 
     client = MlflowClient(tracking_uri=mlflow_server)
     exp = client.get_experiment_by_name("tiny4")
@@ -117,6 +120,58 @@ def test_search_runs_trials_and_logs_parent_and_children(tmp_path, tiny_model_di
     # the front can be printed again from the results on disk
     assert main(["pareto", str(search_dir)]) == 0
     assert "Pareto front" in capsys.readouterr().out
+
+
+def amda_yaml(tmp_path: Path, backbone: Path, name: str, num_samples: int) -> Path:
+    cfg = {
+        "name": name,
+        "seed": 4,
+        "trial": {
+            "seed": 4,
+            "data": {"path": str(shared_data_dir() / "sst2"), "max_train_examples": 300, "max_dev_examples": 24,
+                     "max_length": 32},
+            "model": {"backbone": str(backbone)},
+            "method": {"name": "mixup", "mix_alpha": 2.0},
+            "train": {"epochs": 1, "batch_size": 16, "lr": 1e-3},
+            "augment": {"recipe": "pwws", "actors": 1, "max_modify_rate": 0.3},
+        },
+        "attack": {"recipe": "pwws", "n": 4, "split": "dev", "actors": 1, "static": True},
+        "search": {"num_samples": num_samples, "max_concurrent": 2},
+        "resources": {"num_workers": 1, "cpus_per_worker": 1},
+        "params": {"aug_ratio": {"choice": [0.1, 0.2]}, "mix_type": {"choice": ["tmix", "smix"]}},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def test_amda_trials_share_one_pool_and_a_later_search_reuses_it(tmp_path, tiny_model_dir, attack_paths):
+    storage = tmp_path / "searches"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = amda_yaml(tmp_path, tiny_model_dir, "amda1", num_samples=2)
+    assert main(["search", str(spec), "--storage", str(storage), "--tracking-uri", uri]) == 0
+    cache = storage / "ada_cache"
+    victims, pools, statics = (sorted(p for p in cache.glob(f"{kind}-*") if p.suffix != ".lock")
+                               for kind in ("victim", "ada", "static"))
+    assert len(victims) == 1 and len(pools) == 1 and len(statics) == 1  # generated once for both trials
+    finals = [json.loads(p.read_text()) for p in (storage / "amda1").glob("trials/*/final.json")]
+    assert len(finals) == 2
+    for f in finals:
+        m = f["metrics"]
+        assert f["ada_pool"] == pools[0].name and m["ada_examples"] >= 0
+        assert 0 <= m["static_robust_acc"] <= 1 and 0 <= m["victim_robust_acc"] <= 1 and 0 <= m["robust_acc"] <= 1
+        trial_dir = Path(m["trial_dir"])
+        rows = (trial_dir / "augment.jsonl").read_text().splitlines()
+        assert len(rows) == m["ada_examples"]
+    stamps = {p: (p / "COMPLETE").stat().st_mtime_ns for p in (*victims, *pools, *statics)}
+
+    # a second search in the same storage: nothing generated again
+    spec2 = amda_yaml(tmp_path, tiny_model_dir, "amda2", num_samples=1)
+    assert main(["search", str(spec2), "--storage", str(storage), "--tracking-uri", uri]) == 0
+    assert sorted(p for p in cache.iterdir() if not p.name.startswith(".")) == sorted(stamps)
+    assert {p: (p / "COMPLETE").stat().st_mtime_ns for p in stamps} == stamps
+    final2 = next((storage / "amda2").glob("trials/*/final.json"))
+    assert json.loads(final2.read_text())["ada_pool"] == pools[0].name
 
 
 def test_unreachable_tracking_server_fails_before_any_training(tmp_path, tiny_model_dir, attack_paths, capsys):

@@ -10,7 +10,9 @@ Layout of a search directory ``<storage>/<name>/`` (Tune's experiment folder, sh
   from its newest checkpoint found here, whatever Tune's periodic experiment snapshot recorded;
 * ``pareto/``: the front as CSV, PNG and HTML (also on the MLflow parent run).
 
-Each trial is a Tune function trainable holding almost no CPU (``{"cpu": 0.01}``): the CPUs go to its
+Each trial is a Tune function trainable holding no CPU (``{"cpu": 0, "memory": 64 MiB}``: Tune needs some
+resource, and even 0.01 CPU per trial made 2 trials with 1-CPU workers need 2.02 CPUs on 2 cores, so they ran
+one after the other): the CPUs go to its
 Ray Train workers and, after training, to its attack actors, so 2 concurrent trials on 2 cores progress.
 """
 
@@ -20,6 +22,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "distat_search.json"
 FINAL_FILE = "final.json"
 OBJECTIVES = ("clean_acc", "robust_acc")
+_TRIAL_MEMORY = 64 * 1024**2  # bytes: the Tune-level trainable's whole reservation (see the module docstring)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -52,10 +56,11 @@ def _train_worker(config: dict[str, Any]) -> None:
     def on_epoch_end(metrics: dict[str, float], ckpt: Path | None) -> None:
         ray.train.report({**metrics, "checkpoint_dir": str(ckpt or "")})
 
+    t0 = time.perf_counter()
     result = run_trial(cfg, out, resume_from=resume, on_epoch_end=on_epoch_end,
                        device=ray.train.torch.get_device())
     if rank == 0:
-        summary = {"metrics": result.metrics, "diverged": result.diverged, "history": result.history,
+        summary = {"loop_s": time.perf_counter() - t0, "metrics": result.metrics, "diverged": result.diverged, "history": result.history,
                    "checkpoint": str(result.checkpoint) if result.checkpoint else None}
         _write_json(out / "train_result.json", summary)
 
@@ -78,6 +83,11 @@ def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     params = {k: config[k] for k in param_names(scfg) if k in config}
     tcfg = apply_params(scfg, params, str(out))
+    ada: dict[str, Any] = {}
+    if tcfg.augment is not None and tcfg.augment.ratio > 0:
+        from distat.augment.ada import prepare_trial
+
+        tcfg, ada = prepare_trial(tcfg, out, _generator(spec, scfg))
     res = scfg.resources
     per_worker = {"CPU": res.cpus_per_worker}
     if res.use_gpu:
@@ -92,7 +102,10 @@ def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
             callbacks=[TuneReportCallback()], failure_config=ray.train.FailureConfig(max_failures=2),
         ),
     )
+    fit_started = time.time()
     trainer.fit()
+    fit_ended = time.time()
+    t_fit = fit_ended - fit_started
     summary = json.loads((out / "train_result.json").read_text())
     train_metrics = {k: v for k, v in summary["metrics"].items() if isinstance(v, (int, float))}
     # the final report repeats only what the per-epoch reports lack (plus the clean objective itself)
@@ -100,12 +113,19 @@ def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
                              "epoch": float(train_metrics.get("epoch", 0.0)),
                              "diverged": float(train_metrics.get("diverged", 0.0)), "phase": "final",
                              "trial_dir": str(out)}
+    if "ada_examples" in ada:
+        final["ada_examples"] = ada["ada_examples"]
     if summary["diverged"] or not summary["checkpoint"]:
         final.update({"diverged": 1.0, "robust_acc": 0.0, "clean_acc": float(train_metrics.get("clean_acc", 0.0))})
     else:
+        t_eval = time.perf_counter()
         final.update(_robust_eval(scfg, spec, Path(summary["checkpoint"]), out))
+        final["time_attack_s"] = time.perf_counter() - t_eval
+    final["time_train_s"] = t_fit
+    final["time_train_loop_s"] = float(summary.get("loop_s", 0.0))
     _write_json(out / FINAL_FILE, {"trial_id": trial_id, "params": params, "metrics": final,
-                                   "train": train_metrics})
+                                   "train": train_metrics, "ada_pool": ada.get("ada_pool"),
+                                   "train_wall": [fit_started, fit_ended]})
     tune.report(final)
 
 
@@ -118,6 +138,7 @@ def _write_json(path: Path, data: Any) -> None:
 def _robust_eval(scfg: Any, spec: dict[str, Any], checkpoint: Path, out: Path) -> dict[str, float]:
     from distat.attacks import resources
     from distat.attacks.evaluate import robust_evaluate, select_examples
+    from distat.attacks.metrics import summarize as summarize_records
     from distat.attacks.metrics import write_records_csv
     from distat.attacks.runner import AttackJob
     from distat.config import TrialConfig
@@ -126,6 +147,7 @@ def _robust_eval(scfg: Any, spec: dict[str, Any], checkpoint: Path, out: Path) -
 
     tcfg = TrialConfig.model_validate(json.loads((checkpoint / "distat_meta.json").read_text())["config"])
     att = scfg.attack
+    t0 = time.perf_counter()
     ds = load_dataset(tcfg.data.path, splits=[att.split], text_fields=tcfg.data.text_fields)
     examples = select_examples(ds.split(att.split), att.n, seed=scfg.seed)
     model = load_classifier(checkpoint, ds.num_labels).eval()
@@ -133,15 +155,56 @@ def _robust_eval(scfg: Any, spec: dict[str, Any], checkpoint: Path, out: Path) -
     paths = resources.resolve(Path(spec["cache_dir"]), spec.get("resource_overrides"))
     job = AttackJob(recipe=att.recipe, resources=paths, options=att.options.to_options(),
                     text_fields=ds.text_fields, max_length=tcfg.data.max_length, seed=scfg.seed)
+    log.info("robust evaluation set up in %.1f s", time.perf_counter() - t0)
     metrics, records = robust_evaluate(model, tokenizer, examples, job, actors=att.actors,
                                        cpus_per_actor=att.cpus_per_actor, gpus_per_actor=att.gpus_per_actor)
     write_records_csv(records, out / "attack.csv")
     robust = metrics.as_dict()
+    if att.static:
+        from distat.augment.ada import static_accuracy
+        from distat.training import load_splits
+
+        ds_all, _, _ = load_splits(tcfg)  # the fingerprint the ADA victim's key uses
+        static = _generator(spec, scfg).static_set(tcfg, ds_all, examples, job)
+        robust["static_robust_acc"] = static_accuracy(model, tokenizer, static, max_length=tcfg.data.max_length)
+        robust["victim_robust_acc"] = summarize_records(static).robust_acc
     # the attacked subset's own clean accuracy is kept apart: clean_acc stays the full dev accuracy
     robust["attack_clean_acc"] = robust.pop("clean_acc")
     for key in ("clean_acc_lo", "clean_acc_hi"):
         robust[f"attack_{key}"] = robust.pop(key)
     return robust
+
+
+def _generator(spec: dict[str, Any], scfg: Any) -> Any:
+    """ADA generation for a trial: the cache is ``<storage>/ada_cache`` (shared by every search there and
+    every node), victims train as a Ray task with one trial worker's resources, attacks use actors."""
+    from distat.attacks import resources
+    from distat.augment.ada import Generator
+    from distat.augment.cache import FolderCache
+
+    paths = resources.resolve(Path(spec["cache_dir"]), spec.get("resource_overrides"))
+    cache = FolderCache(Path(spec["search_dir"]).parent / "ada_cache")
+    return Generator(cache, paths, train_victim=_victim_on_ray(scfg.resources.model_dump()))
+
+
+def _victim_task(config: dict[str, Any], out: str) -> str:
+    from distat.augment.ada import train_victim_here
+    from distat.config import TrialConfig
+
+    return str(train_victim_here(TrialConfig.model_validate(config), Path(out)))
+
+
+class _victim_on_ray:  # noqa: N801 - a callable standing in for a function
+    def __init__(self, res: dict[str, Any]) -> None:
+        self.res = res
+
+    def __call__(self, vcfg: Any, out: Path) -> Path:
+        import ray
+
+        gpus = (self.res.get("gpus_per_worker") or 1) if self.res.get("use_gpu") else 0
+        task = ray.remote(_victim_task).options(num_cpus=self.res["cpus_per_worker"], num_gpus=gpus,
+                                                scheduling_strategy="DEFAULT", max_retries=1)
+        return Path(ray.get(task.remote(vcfg.model_dump(mode="json"), str(out))))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -165,7 +228,7 @@ def _trainable(spec: dict[str, Any]) -> Any:
     # the one Optuna sees (Tune passes no intermediate results to it)
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
 
-    return tune.with_resources(tune.with_parameters(_trial, spec=spec), {"cpu": 0.01})
+    return tune.with_resources(tune.with_parameters(_trial, spec=spec), {"cpu": 0, "memory": _TRIAL_MEMORY})
 
 
 class _Space:
@@ -270,7 +333,8 @@ def trial_points(search_dir: Path, clean_acc_floor: float | None = None) -> list
         data = json.loads(final.read_text())
         m = data["metrics"]
         extra = {k: float(v) for k, v in m.items()
-                 if k.startswith(("attack_", "perturbed", "avg_queries", "robust_acc_")) and isinstance(v, (int, float))}
+                 if k.startswith(("attack_", "perturbed", "avg_queries", "robust_acc_", "static_", "victim_", "ada_"))
+                 and isinstance(v, (int, float))}
         points.append(TrialPoint(trial_id=data["trial_id"], clean_acc=float(m.get("clean_acc", math.nan)),
                                  robust_acc=float(m.get("robust_acc", math.nan)), params=data["params"],
                                  diverged=bool(m.get("diverged", 0.0)), extra=extra,
