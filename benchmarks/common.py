@@ -9,3 +9,25 @@ from pathlib import Path
 def shared_data() -> Path:
     """``$DISTAT_SHARED_DATA``, else ``../shared/data`` beside the repository."""
     return Path(os.environ.get("DISTAT_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def run_search(scfg, workdir: Path, cache: Path, points: list[dict]) -> tuple[float, list]:
+    """A whole search (``points`` evaluated first) on a fresh local Ray, timed from ``ray.init`` to the
+    written front; returns the wall time and the trials' :class:`TrialPoint` s."""
+    import time
+
+    import ray
+
+    from distat.search.tuner import finish_search, start_search, trial_points
+
+    storage = workdir / "searches"
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    t0 = time.perf_counter()
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        start_search(scfg, storage=storage, tracking_uri=uri, cache_dir=cache, points_to_evaluate=points)
+        finish_search(scfg, storage / scfg.name, uri)
+    finally:
+        ray.shutdown()
+    return time.perf_counter() - t0, trial_points(storage / scfg.name)

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import run_search
+
 REPO = Path(__file__).resolve().parents[1]
 
 POINTS = [
@@ -87,23 +89,8 @@ def run_plain(scfg, workdir: Path, cache: Path) -> tuple[float, list[dict]]:
     return elapsed, results
 
 
-def run_search(scfg, workdir: Path, cache: Path) -> tuple[float, list[dict]]:
-    import ray
-
-    from distat.search.tuner import finish_search, start_search, trial_points
-
-    storage = workdir / "searches"
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    t0 = time.perf_counter()
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        start_search(scfg, storage=storage, tracking_uri=uri, cache_dir=cache, points_to_evaluate=POINTS)
-        finish_search(scfg, storage / scfg.name, uri)
-    finally:
-        ray.shutdown()
-    elapsed = time.perf_counter() - t0
-    points = trial_points(storage / scfg.name)
+def run_search_timed(scfg, workdir: Path, cache: Path) -> tuple[float, list[dict]]:
+    elapsed, points = run_search(scfg, workdir, cache, POINTS)
     return elapsed, [{"method": p.params["method"], "clean_acc": p.clean_acc, "robust_acc": p.robust_acc}
                      for p in points]
 
@@ -122,9 +109,9 @@ def main() -> int:
 
     t_plain, plain = run_plain(parse_search_config(search_config("plain", args.train_rows, 1)), work, cache)
     print(f"plain: {t_plain:.1f} s  {plain}", file=sys.stderr)
-    t_s1, s1 = run_search(parse_search_config(search_config("one", args.train_rows, 1)), work, cache)
+    t_s1, s1 = run_search_timed(parse_search_config(search_config("one", args.train_rows, 1)), work, cache)
     print(f"search, 1 concurrent: {t_s1:.1f} s  {s1}", file=sys.stderr)
-    t_s2, s2 = run_search(parse_search_config(search_config("two", args.train_rows, 2)), work, cache)
+    t_s2, s2 = run_search_timed(parse_search_config(search_config("two", args.train_rows, 2)), work, cache)
     print(f"search, 2 concurrent: {t_s2:.1f} s  {s2}", file=sys.stderr)
 
     demo_s = None

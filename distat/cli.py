@@ -94,7 +94,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         shown = "  ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
         print(f"epoch {int(metrics['epoch'])}: {shown}", file=sys.stderr)
 
-    result = run_trial(cfg, resume_from=resume_from, on_epoch_end=on_epoch_end, on_step=on_step, on_start=on_start)
+    augment_fn, per_epoch = None, 0
+    if cfg.augment is not None and cfg.augment.iterative_n > 0:
+        from distat.attacks import resources
+        from distat.augment.ada import iterative_augmenter
+
+        cache = resources.cache_dir(args.cache_dir)
+        _check_attack_resources(cache, _overrides(args), cfg.augment.recipe)
+        paths = resources.resolve(cache, _overrides(args))
+        augment_fn, per_epoch = iterative_augmenter(cfg, paths, out), cfg.augment.iterative_n
+    result = run_trial(cfg, resume_from=resume_from, on_epoch_end=on_epoch_end, on_step=on_step, on_start=on_start,
+                       augment_fn=augment_fn, augment_rows_per_epoch=per_epoch)
     bar.close()
     summary = {"method": cfg.method.label, **result.metrics, "diverged": result.diverged,
                "checkpoint": str(result.checkpoint) if result.checkpoint else None}

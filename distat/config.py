@@ -159,6 +159,9 @@ class AugmentConfig(_Strict):
     actors: int = Field(default=1, ge=0)  # attack actors when generating (0 = in the generating process)
     gpus_per_actor: float = Field(default=0.0, ge=0)
     cache: bool = True  # False: generate into the trial's own folder (the benchmark's "fresh" baseline)
+    # iterative ADA: after each epoch but the last, attack this many training rows (a new seeded draw each
+    # epoch) against the model being trained and add the successful examples; 0 = one-shot ADA only
+    iterative_n: int = Field(default=0, ge=0)
 
     @property
     def effective_pool_ratio(self) -> float:

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "epoch_"
 _STATE_FILE = "train_state.pt"
 _WEIGHTS_FILE = "model.safetensors"
+_EXTRA_ROWS_FILE = "extra_rows.jsonl"
 _META_FILE = "distat_meta.json"
 
 EpochCallback = Callable[[dict[str, float], Path | None], bool | None]
@@ -75,6 +76,16 @@ class _Parts:
     dev: data_mod.EncodedSplit
     device: torch.device
     method: methods.ATMethod
+    train_rows: data_mod.Split | None = None  # the raw rows behind ``train`` (without iterative additions)
+    max_length: int = 128
+    extra: data_mod.Split | None = None  # rows added between epochs (iterative ADA), checkpointed
+
+    def add_rows(self, rows: data_mod.Split) -> None:
+        """Append ``rows`` to the training set from the next epoch on."""
+        if not len(rows) or self.train_rows is None:
+            return
+        self.extra = rows if self.extra is None else self.extra.extend(rows)
+        self.train = data_mod.encode(self.train_rows.extend(self.extra), self.tokenizer, self.max_length)
 
 
 def seed_everything(seed: int) -> None:
@@ -123,6 +134,7 @@ def build_parts(cfg: TrialConfig, device: torch.device | None = None) -> _Parts:
         model=model, module=module, tokenizer=tokenizer, device=device, method=method,
         train=data_mod.encode(train_split, tokenizer, max_length),
         dev=data_mod.encode(dev_split, tokenizer, max_length),
+        train_rows=train_split, max_length=max_length,
     )
 
 
@@ -233,6 +245,8 @@ def save_checkpoint(directory: Path, parts: _Parts, opt, sched, epoch: int, cfg:
         meta = {"epoch": epoch, "backbone": cfg.model.backbone, "num_labels": module.config.num_labels,
                 "method": cfg.method.label, "config": cfg.model_dump(mode="json")}
         (tmp / _META_FILE).write_text(json.dumps(meta, indent=2))
+        if parts.extra is not None:
+            data_mod.write_rows(parts.extra, tmp / _EXTRA_ROWS_FILE)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -301,6 +315,9 @@ def load_checkpoint(path: Path, parts: _Parts, opt, sched, cfg: TrialConfig) -> 
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     parts.method.load_state_dict(state["method"])
+    if (path / _EXTRA_ROWS_FILE).is_file():
+        split_name = parts.train_rows.name if parts.train_rows is not None else "train"
+        parts.add_rows(data_mod.read_rows(path / _EXTRA_ROWS_FILE, split_name, parts.module.config.num_labels))
     rng = state["rng"]
     rng["python"] = _python_state(rng["python"])
     _set_rng_state(rng)
@@ -325,11 +342,16 @@ def run_trial(
     on_step: Callable[[int, float], None] | None = None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
     device: torch.device | None = None,
+    augment_fn: Callable[[int, nn.Module, Any], data_mod.Split | None] | None = None,
+    augment_rows_per_epoch: int = 0,
 ) -> TrialResult:
     """Train one trial. ``resume_from`` is a checkpoint folder (see :func:`latest_checkpoint`).
 
     ``on_epoch_end(metrics, checkpoint_dir)`` may return True to stop after that epoch; ``on_start(info)``
-    is called once data and model are loaded (sizes, device, steps per epoch).
+    is called once data and model are loaded (sizes, device, steps per epoch). ``augment_fn(epoch, module,
+    tokenizer)``, after every epoch but the last, returns rows to add to the training set from the next
+    epoch on (iterative ADA: adversarial examples of the current model); the rows are checkpointed. The
+    learning-rate schedule is sized for at most ``augment_rows_per_epoch`` rows added per epoch.
     """
     out = Path(output_dir or cfg.output_dir)
     ckpt_root = out / "checkpoints"
@@ -340,8 +362,10 @@ def run_trial(
     pad_id = parts.tokenizer.pad_token_id or 0
     tcfg = cfg.train
     steps_per_epoch = _batches_per_epoch(len(parts.train), tcfg.batch_size, world)
+    total_steps = sum(_batches_per_epoch(len(parts.train) + augment_rows_per_epoch * e, tcfg.batch_size, world)
+                      for e in range(tcfg.epochs)) if augment_fn is not None else steps_per_epoch * tcfg.epochs
     opt = make_optimizer(module, cfg)
-    sched = make_scheduler(opt, steps_per_epoch * tcfg.epochs, tcfg.warmup_ratio)
+    sched = make_scheduler(opt, total_steps, tcfg.warmup_ratio)
     autocast = autocast_factory(device, cfg.model.bf16)
     if on_start is not None:
         on_start({"train_examples": len(parts.train), "dev_examples": len(parts.dev), "device": str(device),
@@ -408,6 +432,12 @@ def run_trial(
         metrics.update({key: total / max(steps, 1) for key, total in log_sums.items()})
         metrics.update(evaluate(module, parts.dev, tcfg.eval_batch_size, device, pad_id, autocast))
         metrics.update(parts.method.epoch_logs())
+        if augment_fn is not None and epoch < tcfg.epochs:
+            rows = augment_fn(epoch, module, parts.tokenizer)
+            module.train()
+            if rows is not None:
+                parts.add_rows(rows)
+            metrics["iterative_examples"] = float(len(parts.extra) if parts.extra is not None else 0)
         history.append(metrics)
         ckpt: Path | None = None
         if rank == 0:

@@ -243,3 +243,40 @@ def test_generation_is_shared_then_reused_and_feeds_training(tmp_path, tiny_mode
     starts = []
     run_trial(cfg_f, tmp_path / "train_f", on_start=starts.append)
     assert starts[0]["train_examples"] == 300 + len(rows_f)
+
+
+# --------------------------------------------------------------------------------------------------
+# iterative ADA: new adversarial examples of the current model after each epoch, checkpointed
+
+
+def test_iterative_ada_adds_rows_each_epoch_and_resumes_exactly(tmp_path, tiny_model_dir, attack_paths):
+    from safetensors.torch import load_file
+
+    from distat.augment.ada import iterative_augmenter
+    from distat.training import latest_checkpoint, run_trial
+
+    def cfg(out: Path):
+        base = _cfg(tmp_path, tiny_model_dir, ratio=0.0, iterative_n=30)
+        return base.model_copy(update={"output_dir": str(out), "method": base.method.model_copy(update={"name": "standard"}),
+                                       "train": base.train.model_copy(update={"epochs": 4, "batch_size": 16, "lr": 5e-3})})
+
+    full_dir = tmp_path / "full"
+    c = cfg(full_dir)
+    full = run_trial(c, full_dir, augment_fn=iterative_augmenter(c, attack_paths, full_dir), augment_rows_per_epoch=30)
+    added = [h["iterative_examples"] for h in full.history[:-1]]
+    assert added == sorted(added) and added[-1] > 0  # rows accumulate over epochs
+    assert "iterative_examples" not in full.history[-1]  # nothing is generated after the last epoch
+    assert sorted(p.name for p in (full_dir / "iterative").iterdir()) == [f"epoch_00{e}.jsonl" for e in (1, 2, 3)]
+
+    # stopped after epoch 3 (the rows added so far are in its checkpoint), then resumed: the same weights
+    part_dir = tmp_path / "part"
+    c2 = cfg(part_dir)
+    run_trial(c2, part_dir, augment_fn=iterative_augmenter(c2, attack_paths, part_dir), augment_rows_per_epoch=30,
+              on_epoch_end=lambda metrics, ckpt: metrics["epoch"] >= 3)
+    ckpt = latest_checkpoint(part_dir / "checkpoints")
+    assert (ckpt / "extra_rows.jsonl").is_file()
+    resumed = run_trial(c2, part_dir, resume_from=ckpt, augment_fn=iterative_augmenter(c2, attack_paths, part_dir),
+                        augment_rows_per_epoch=30)
+    assert [h["iterative_examples"] for h in resumed.history[:-1]] == added
+    a, b = load_file(full.checkpoint / "model.safetensors"), load_file(resumed.checkpoint / "model.safetensors")
+    assert all(bool((a[k] == b[k]).all()) for k in a)

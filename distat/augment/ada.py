@@ -200,6 +200,16 @@ class Generator:
         return read_records_csv(self.cache.get_or_build(key, build, timeout=self.timeout) / "records.csv")
 
 
+def _rows(records: Sequence[Any], pairs: bool, source: str) -> Split:
+    """The successful adversarial examples of ``records`` as training rows with their source rows' labels."""
+    chosen = [r for r in records if r.status == "success" and r.perturbed_text]
+    if pairs:
+        return Split(name="ada", text_a=[r.other_text or "" for r in chosen], text_b=[r.perturbed_text for r in chosen],
+                     labels=[r.label for r in chosen], source=source)
+    return Split(name="ada", text_a=[r.perturbed_text for r in chosen], text_b=None, labels=[r.label for r in chosen],
+                 source=source)
+
+
 def augmentation(pool: Path, ratio: float, n_train: int, pairs: bool) -> Split:
     """The successful adversarial examples among the first ⌈ratio·n_train⌉ attacked rows of ``pool``."""
     from distat.attacks.metrics import read_records_csv
@@ -208,13 +218,46 @@ def augmentation(pool: Path, ratio: float, n_train: int, pairs: bool) -> Split:
     info = _info(pool)
     if limit > info["n_pool"]:
         raise ValueError(f"augmentation ratio {ratio} needs {limit} attacked rows; the pool has {info['n_pool']}")
-    chosen = [r for r in read_records_csv(pool / "records.csv") if r.index < limit and r.status == "success"]
-    if pairs:
-        return Split(name="ada", text_a=[r.other_text or "" for r in chosen],
-                     text_b=[r.perturbed_text or "" for r in chosen], labels=[r.label for r in chosen],
-                     source=f"ADA pool {pool.name}")
-    return Split(name="ada", text_a=[r.perturbed_text or "" for r in chosen], text_b=None,
-                 labels=[r.label for r in chosen], source=f"ADA pool {pool.name}")
+    records = [r for r in read_records_csv(pool / "records.csv") if r.index < limit]
+    return _rows(records, pairs, f"ADA pool {pool.name}")
+
+
+def iterative_augmenter(cfg: TrialConfig, resources: Any, out_dir: Path) -> Callable[[int, Any, Any], Split]:
+    """For :func:`distat.training.run_trial`'s ``augment_fn``: after epoch e, attack ``iterative_n`` training
+    rows (seeded by the trial seed and e) against the model being trained, in this process, and return the
+    successful examples. Under DDP rank 0 attacks and writes ``<out_dir>/iterative/epoch_NNN.jsonl``; every
+    rank reads that file after a barrier, so all train on the same rows. An epoch's file that already exists
+    (a restarted worker) is reused rather than regenerated."""
+    import torch.distributed as dist
+
+    from distat.attacks.evaluate import select_examples
+    from distat.attacks.recipes import AttackOptions
+    from distat.attacks.runner import AttackJob, AttackRunner
+    from distat.data import read_rows
+    from distat.training import load_splits
+
+    aug = cfg.augment or AugmentConfig()
+    ds, train, _ = load_splits(cfg)
+    job = AttackJob(recipe=aug.recipe, resources=resources, text_fields=ds.text_fields, max_length=cfg.data.max_length,
+                    options=AttackOptions(max_candidates=aug.max_candidates, max_modify_rate=aug.max_modify_rate,
+                                          query_budget=aug.query_budget), seed=cfg.seed)
+
+    def augment(epoch: int, module: Any, tokenizer: Any) -> Split:
+        distributed = dist.is_available() and dist.is_initialized()
+        path = out_dir / "iterative" / f"epoch_{epoch:03d}.jsonl"
+        if (not distributed or dist.get_rank() == 0) and not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            examples = select_examples(train, aug.iterative_n, seed=cfg.seed * 1000 + epoch)
+            module.eval()
+            records = AttackRunner(job, module, tokenizer).run(examples)
+            write_rows(_rows(records, ds.is_pair, f"iterative ADA epoch {epoch}"), path)
+            log.info("iterative ADA after epoch %d: %d of %d attacks succeeded", epoch,
+                     sum(r.status == "success" for r in records), len(records))
+        if distributed:
+            dist.barrier()
+        return read_rows(path, train.name, ds.num_labels)
+
+    return augment
 
 
 def prepare_trial(cfg: TrialConfig, trial_dir: Path, generator: Generator) -> tuple[TrialConfig, dict[str, Any]]:
@@ -226,9 +269,10 @@ def prepare_trial(cfg: TrialConfig, trial_dir: Path, generator: Generator) -> tu
     if aug is None or aug.ratio == 0:
         return cfg, {}
     ds, train, _ = load_splits(cfg)
-    if not aug.cache:  # the "fresh" baseline: this trial's own generation, nothing shared
+    if not aug.cache:  # the "fresh" baseline: this trial's own victim and just the rows it needs
         generator = Generator(FolderCache(trial_dir / "ada_private"), generator.resources,
                               train_victim=generator.train_victim, attack=generator.attack)
+        cfg = cfg.model_copy(update={"augment": aug.model_copy(update={"pool_ratio": None})})
     pool = generator.pool(cfg, ds, train)
     rows = augmentation(pool, aug.ratio, len(train), ds.is_pair)
     path = write_rows(rows, trial_dir / AUGMENT_FILE)

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "distat_search.json"
 FINAL_FILE = "final.json"
+STARTS_FILE = "train_starts.jsonl"
 OBJECTIVES = ("clean_acc", "robust_acc")
 _TRIAL_MEMORY = 64 * 1024**2  # bytes: the Tune-level trainable's whole reservation (see the module docstring)
 
@@ -52,17 +53,47 @@ def _train_worker(config: dict[str, Any]) -> None:
     out = Path(config["output_dir"])
     resume = latest_checkpoint(out / "checkpoints")
     rank = ray.train.get_context().get_world_rank()
+    workers = _announce_worker(out, rank, resume)
 
     def on_epoch_end(metrics: dict[str, float], ckpt: Path | None) -> None:
         ray.train.report({**metrics, "checkpoint_dir": str(ckpt or "")})
 
+    augment_fn, per_epoch = None, 0
+    if cfg.augment is not None and cfg.augment.iterative_n > 0:
+        from distat.attacks import resources
+        from distat.augment.ada import iterative_augmenter
+
+        paths = resources.resolve(Path(config["cache_dir"]), config.get("resource_overrides"))
+        augment_fn, per_epoch = iterative_augmenter(cfg, paths, out), cfg.augment.iterative_n
     t0 = time.perf_counter()
     result = run_trial(cfg, out, resume_from=resume, on_epoch_end=on_epoch_end,
-                       device=ray.train.torch.get_device())
+                       device=ray.train.torch.get_device(), augment_fn=augment_fn, augment_rows_per_epoch=per_epoch)
     if rank == 0:
         summary = {"loop_s": time.perf_counter() - t0, "metrics": result.metrics, "diverged": result.diverged, "history": result.history,
-                   "checkpoint": str(result.checkpoint) if result.checkpoint else None}
+                   "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+                   "resumed_from_epoch": workers[0]["resume_epoch"], "workers": workers}
         _write_json(out / "train_result.json", summary)
+
+
+def _announce_worker(out: Path, rank: int, resume: Path | None) -> list[dict[str, Any]]:
+    """Record where this Ray Train worker runs and what it resumes from: one line per worker start appended
+    to ``train_starts.jsonl`` (a worker group restarted after a failure adds lines). Returns every rank's
+    record of this start, gathered over ``torch.distributed`` when there are several workers."""
+    import ray
+    import torch.distributed as dist
+
+    from distat.training import CHECKPOINT_PREFIX
+
+    info = {"rank": rank, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
+            "resume_epoch": int(resume.name.removeprefix(CHECKPOINT_PREFIX)) if resume is not None else 0,
+            "time": time.time()}
+    with open(out / STARTS_FILE, "a") as f:
+        f.write(json.dumps(info) + "\n")
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, info)
+        return gathered
+    return [info]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -94,7 +125,8 @@ def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
         per_worker["GPU"] = res.gpus_per_worker or 1
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"trial": tcfg.model_dump(mode="json"), "output_dir": str(out)},
+        train_loop_config={"trial": tcfg.model_dump(mode="json"), "output_dir": str(out),
+                           "cache_dir": spec["cache_dir"], "resource_overrides": spec.get("resource_overrides")},
         scaling_config=ray.train.ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
@@ -115,18 +147,29 @@ def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
                              "trial_dir": str(out)}
     if "ada_examples" in ada:
         final["ada_examples"] = ada["ada_examples"]
+    # where the trial ran ("where did my trial run?"): its Train workers (every start, restarts included)
+    # and its attack actors, by Ray node id
+    placement: dict[str, Any] = {"train_workers": summary.get("workers", []), "train_starts": _starts(out)}
     if summary["diverged"] or not summary["checkpoint"]:
         final.update({"diverged": 1.0, "robust_acc": 0.0, "clean_acc": float(train_metrics.get("clean_acc", 0.0))})
     else:
         t_eval = time.perf_counter()
-        final.update(_robust_eval(scfg, spec, Path(summary["checkpoint"]), out))
+        final.update(_robust_eval(scfg, spec, Path(summary["checkpoint"]), out, where=placement))
         final["time_attack_s"] = time.perf_counter() - t_eval
     final["time_train_s"] = t_fit
     final["time_train_loop_s"] = float(summary.get("loop_s", 0.0))
     _write_json(out / FINAL_FILE, {"trial_id": trial_id, "params": params, "metrics": final,
                                    "train": train_metrics, "ada_pool": ada.get("ada_pool"),
-                                   "train_wall": [fit_started, fit_ended]})
+                                   "train_wall": [fit_started, fit_ended], "placement": placement})
     tune.report(final)
+
+
+def _starts(out: Path) -> list[dict[str, Any]]:
+    """Every Train worker start of a trial, oldest first (see :func:`_announce_worker`)."""
+    path = out / STARTS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -135,7 +178,11 @@ def _write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
-def _robust_eval(scfg: Any, spec: dict[str, Any], checkpoint: Path, out: Path) -> dict[str, float]:
+def _robust_eval(scfg: Any, spec: dict[str, Any], checkpoint: Path, out: Path,
+                 where: dict[str, Any] | None = None) -> dict[str, float]:
+    """Robust metrics of ``checkpoint`` on the search's attacked dev subset; every attacked example goes to
+    ``out/attack.csv``. With attack actors, ``out/attack_progress.json`` follows the evaluation (examples
+    done, the actors' nodes and pids, actors replaced) and ``where`` receives the same at the end."""
     from distat.attacks import resources
     from distat.attacks.evaluate import robust_evaluate, select_examples
     from distat.attacks.metrics import summarize as summarize_records
@@ -156,8 +203,16 @@ def _robust_eval(scfg: Any, spec: dict[str, Any], checkpoint: Path, out: Path) -
     job = AttackJob(recipe=att.recipe, resources=paths, options=att.options.to_options(),
                     text_fields=ds.text_fields, max_length=tcfg.data.max_length, seed=scfg.seed)
     log.info("robust evaluation set up in %.1f s", time.perf_counter() - t0)
+    stats: dict[str, Any] = {}
+
+    def progress(done: int, total: int) -> None:
+        _write_json(out / "attack_progress.json", {"done": done, "total": total, **stats})
+
     metrics, records = robust_evaluate(model, tokenizer, examples, job, actors=att.actors,
-                                       cpus_per_actor=att.cpus_per_actor, gpus_per_actor=att.gpus_per_actor)
+                                       cpus_per_actor=att.cpus_per_actor, gpus_per_actor=att.gpus_per_actor,
+                                       progress=progress if att.actors > 0 else None, pool_stats=stats)
+    if where is not None:
+        where.update(stats)
     write_records_csv(records, out / "attack.csv")
     robust = metrics.as_dict()
     if att.static:
