@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import run_search
+from common import report, run_search
 
 RATIOS = (0.25, 0.5, 1.0)
 
@@ -85,7 +85,7 @@ def main() -> int:
         "fresh_ada_examples": results["fresh"]["ada_examples"],
         "train_rows": args.train_rows,
     }
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}))
+    report(out)
     return 0
 
 

@@ -10,7 +10,6 @@ them alike; the median step time of each is divided by standard fine-tuning's. T
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -24,7 +23,7 @@ from distat.methods.base import StepContext
 from distat.models import load_classifier, load_tokenizer, resolve_backbone
 from distat.training import make_optimizer
 
-from common import shared_data
+from common import report, shared_data
 
 BATCH, TOKENS, K = 16, 64, 5
 METHODS = {
@@ -104,7 +103,7 @@ def main() -> int:
         "standard_ms": med["standard"] * 1000,
         "batch": [BATCH, TOKENS], "k": K, "rounds": args.rounds, "threads": torch.get_num_threads(),
     }
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
+    report(result)
     return 0
 
 

@@ -14,12 +14,11 @@ Needs the offline resources: `.venv/bin/distat resources build`.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 
-from common import shared_data
+from common import report, shared_data
 
 N_DEFAULT = 40
 
@@ -116,9 +115,7 @@ def main() -> int:
         "robust_acc": metrics.robust_acc,
         "attack_success_rate": metrics.attack_success_rate,
     }
-    for k, v in result.items():
-        print(f"{k:>26}: {v:.4f}" if isinstance(v, float) else f"{k:>26}: {v}", file=sys.stderr)
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
+    report(result)
     return 0
 
 

@@ -31,3 +31,14 @@ def run_search(scfg, workdir: Path, cache: Path, points: list[dict]) -> tuple[fl
     finally:
         ray.shutdown()
     return time.perf_counter() - t0, trial_points(storage / scfg.name)
+
+
+def report(result: dict) -> None:
+    """Every value on stderr, one per line, then the whole result as the last stdout line (JSON, 4 decimals)."""
+    import json
+    import sys
+
+    width = max(len(k) for k in result)
+    for k, v in result.items():
+        print(f"{k:>{width}}: {v:.4f}" if isinstance(v, float) else f"{k:>{width}}: {v}", file=sys.stderr)
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))

@@ -23,7 +23,6 @@ Needs the offline resources: `.venv/bin/distat resources build`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import run_search
+from common import report, run_search
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,9 +132,7 @@ def main() -> int:
         "same_clean_acc": same,
         "train_rows": args.train_rows,
     }
-    for k, v in result.items():
-        print(f"{k:>22}: {v:.4f}" if isinstance(v, float) else f"{k:>22}: {v}", file=sys.stderr)
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
+    report(result)
     return 0
 
 
