@@ -14,6 +14,7 @@ from distat.errors import DistatError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+_JOIN_GRACE_S = 30.0  # on an existing cluster, how long nodes may still be joining before "too few GPUs" is final
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
@@ -58,19 +59,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from distat.config import load_trial_config
-    from distat.training import latest_checkpoint, list_checkpoints, run_trial
+    from distat.training import check_resumable, latest_checkpoint, list_checkpoints, run_trial
 
     overrides = dict(_parse_override(s) for s in args.set or [])
     if args.output_dir:
         overrides["output_dir"] = args.output_dir
     cfg = load_trial_config(args.config, overrides)
     out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise DistatError(f"output_dir {out}: is a file, not a folder")
     ckpt_root = out / "checkpoints"
     resume_from = None
     if args.resume:
         resume_from = latest_checkpoint(ckpt_root)
         if resume_from is None:
             print(f"no checkpoint in {ckpt_root}: starting from scratch", file=sys.stderr)
+        else:
+            check_resumable(resume_from, cfg)  # another backbone or method: refused before anything loads
     elif list_checkpoints(ckpt_root) and not args.overwrite:
         raise DistatError(f"{out} already holds checkpoints: pass --resume to continue or --overwrite to start over")
 
@@ -165,6 +170,12 @@ def cmd_attack(args: argparse.Namespace) -> int:
         raise DistatError(f"unknown attack recipe {args.recipe!r} (choose from {', '.join(RECIPES)})")
     if args.n is not None and args.n <= 0:
         raise DistatError("--n must be positive")
+    if args.actors < 0:
+        raise DistatError("--actors must be 0 (attack in this process) or more")
+    for flag, target in (("--csv", args.csv), ("--export", args.export)):
+        if target and not Path(target).expanduser().resolve().parent.is_dir():
+            raise DistatError(f"{flag} {target}: folder {Path(target).expanduser().resolve().parent} does not exist")
+    _check_attack_resources(resources.cache_dir(args.cache_dir), _overrides(args), args.recipe)
     paths = resources.resolve(resources.cache_dir(args.cache_dir), _overrides(args))
     ds = load_dataset(args.data, splits=[args.split])
     split = ds.split(args.split)
@@ -228,8 +239,13 @@ def _init_ray(address: str | None) -> Any:
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=True,
-             logging_level=logging.ERROR)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=True,
+                 logging_level=logging.ERROR)
+    except (ConnectionError, ValueError) as e:  # no cluster at that address, or a malformed address
+        where = f"at {address}" if address else "(local)"
+        raise DistatError(f"cannot start or reach the Ray cluster {where}: {type(e).__name__}: "
+                          f"{(str(e).strip().splitlines() or [''])[0][:200]}") from None
     return ray
 
 
@@ -290,7 +306,9 @@ def _print_front(points: list[Any], files: dict[str, Path], tracking_uri: str) -
               "adversarial examples reused for every model (overstates robustness)")
     for kind, path in files.items():
         print(f"{kind}: {path}")
-    print(f"open it in MLflow: mlflow ui --backend-store-uri {tracking_uri}")
+    from distat.tracking.mlflow import redact
+
+    print(f"open it in MLflow: mlflow ui --backend-store-uri {redact(tracking_uri)}")
 
 
 def _tracking_uri(arg: str | None) -> str:
@@ -299,22 +317,50 @@ def _tracking_uri(arg: str | None) -> str:
     return arg or default_tracking_uri()
 
 
+def _fs_path(value: str, what: str) -> Path:
+    """A filesystem path from the command line; a URI (``s3://``, ``gs://``...) is refused: every node reads and
+    writes these folders as files, so they must be a path on a filesystem all nodes mount (NFS, EFS, a PVC)."""
+    if "://" in value:
+        scheme = value.split("://", 1)[0]
+        raise DistatError(f"{what} {value!r} is a {scheme}:// URI: distat needs a shared filesystem path "
+                          "(mounted at the same place on every node, e.g. /mnt/efs/searches), not an object store")
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise DistatError(f"{what} {value}: is a file, not a folder")
+    return path
+
+
+def _warn_credentials(uri: str) -> None:
+    from distat.tracking.mlflow import redact
+
+    if redact(uri) != uri:
+        print(f"distat: warning: the tracking URI {redact(uri)} holds credentials, and distat stores the URI in "
+              "the search folder: prefer MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD", file=sys.stderr)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from distat.attacks import resources
     from distat.search.space import describe, load_search_config
-    from distat.search.tuner import finish_search, start_search
-    from distat.tracking.mlflow import Tracker
+    from distat.search.tuner import check_cluster_fits, check_new_search, finish_search, start_search
+    from distat.tracking.mlflow import Tracker, check_reachable
 
-    scfg = load_search_config(args.config)
-    storage = Path(args.storage).resolve()
-    uri = _tracking_uri(args.tracking_uri)
+    storage = _fs_path(args.storage, "--storage").resolve()
+    if args.cache_dir:
+        _fs_path(args.cache_dir, "--cache-dir")
     cache = resources.cache_dir(args.cache_dir)
+    scfg = load_search_config(args.config)
+    uri = _tracking_uri(args.tracking_uri)
     overrides = _overrides(args)
     _check_attack_resources(cache, overrides, scfg.attack.recipe)
-    Tracker(uri, scfg.name, storage / scfg.name)  # an unreachable server fails here, before any training
-    print(describe(scfg), file=sys.stderr)
+    check_new_search(storage / scfg.name)
+    check_reachable(uri)  # an unreachable server fails here, before Ray starts
     ray = _init_ray(args.address)
     try:
+        # nothing is written (search folder, MLflow runs) before the cluster is known to fit one trial
+        check_cluster_fits(scfg, wait_s=_JOIN_GRACE_S if args.address else 0.0)
+        Tracker(uri, scfg.name, storage / scfg.name)  # the experiment and the parent run
+        _warn_credentials(uri)
+        print(describe(scfg), file=sys.stderr)
         start_search(scfg, storage=storage, tracking_uri=uri, cache_dir=cache, resource_overrides=overrides,
                      callbacks=[_progress_callback(scfg.search.num_samples)])
         points, files = finish_search(scfg, storage / scfg.name, uri)
@@ -325,17 +371,38 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from distat.search.tuner import finish_search, load_state, resume_search
+    from distat.search.tuner import (
+        check_cluster_fits,
+        discard_unfinished_trials,
+        finish_search,
+        load_state,
+        resume_plan,
+        resume_search,
+        update_state,
+    )
+    from distat.tracking.mlflow import check_reachable
 
-    search_dir = Path(args.search_dir).resolve()
+    search_dir = _fs_path(args.search_dir, "search folder").resolve()
+    cache = _fs_path(args.cache_dir, "--cache-dir").resolve() if args.cache_dir else None
     spec, scfg = load_state(search_dir)
+    uri = args.tracking_uri or spec["tracking_uri"]
+    cache_dir = str(cache) if cache is not None else spec["cache_dir"]
+    _check_attack_resources(Path(cache_dir), spec.get("resource_overrides") or {}, scfg.attack.recipe)
+    check_reachable(uri)
     ray = _init_ray(args.address)
     try:
-        resume_search(search_dir)
-        points, files = finish_search(scfg, search_dir, spec["tracking_uri"])
+        check_cluster_fits(scfg, wait_s=_JOIN_GRACE_S if args.address else 0.0)
+        update_state(search_dir, tracking_uri=uri, cache_dir=cache_dir)  # the trials and the MLflow callback read it
+        if resume_plan(search_dir) == "restart":
+            gone = discard_unfinished_trials(search_dir)
+            print(f"distat resume: {search_dir} has no Tune experiment state (the driver stopped before Tune "
+                  f"saved any): starting the search afresh in place"
+                  + (f", removed {len(gone)} unfinished trial folder(s)" if gone else ""), file=sys.stderr)
+        resume_search(search_dir, callbacks=[_progress_callback(scfg.search.num_samples)])
+        points, files = finish_search(scfg, search_dir, uri)
     finally:
         ray.shutdown()
-    _print_front(points, files, spec["tracking_uri"])
+    _print_front(points, files, uri)
     return 0
 
 
@@ -343,7 +410,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     from distat.search.tuner import load_state, trial_points
     from distat.tracking.pareto import write_artifacts
 
-    search_dir = Path(args.search_dir).resolve()
+    search_dir = _fs_path(args.search_dir, "search folder").resolve()
     spec, scfg = load_state(search_dir)
     points = trial_points(search_dir, scfg.search.clean_acc_floor)
     if not points:
@@ -364,8 +431,15 @@ def _check_attack_resources(cache: Path, overrides: dict[str, str], recipe: str)
         raise DistatError(f"attack {recipe} needs {', '.join(missing)} in {cache}: run `distat resources build`")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line too (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> Any:
+        self.exit(EXIT_USAGE, f"distat: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="distat", description="Search adversarial-training settings.")
+    parser = _Parser(prog="distat", description="Search adversarial-training settings.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -436,7 +510,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resume", help="continue a search whose driver stopped (Ctrl-C, SIGKILL, lost node)")
     p.add_argument("search_dir")
-    p.add_argument("--address")
+    p.add_argument("--address", help="an existing Ray cluster, e.g. auto (default: start a local one)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI, if it moved (default: the one the search started "
+                                          "with; a new one is saved in the search folder)")
+    p.add_argument("--cache-dir", help="attack-resource cache, if it moved (default: the one the search started "
+                                       "with; a new one is saved in the search folder)")
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("pareto", help="print a search's Pareto front and rewrite its CSV/PNG/HTML")
@@ -452,7 +530,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no schema-migration chatter in the terminal
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    # Tune's own output: the legacy reporter is silent at verbose=0 (the new one still prints its start-up
+    # box); no TensorBoard/CSV/JSON result loggers (distat writes final.json and logs to MLflow itself)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("optuna").setLevel(logging.WARNING)
     try:

@@ -184,6 +184,8 @@ class TrialConfig(_Strict):
     def _nonempty(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must not be empty")
+        if "://" in v:
+            raise ValueError(f"{v!r} is a URI: checkpoints go to a filesystem path (a shared mount on a cluster)")
         return v
 
 

@@ -514,7 +514,11 @@ def _read_meta(folder: Path) -> _Meta:
 
 def _split_files(folder: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        raise DataError(f"cannot list dataset folder {folder}: {exc.strerror or first_line(exc)}") from None
+    for path in entries:
         ext = path.suffix[1:]
         if ext not in _SPLIT_EXTS or path.name.startswith(".") or not path.is_file():
             continue

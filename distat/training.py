@@ -288,20 +288,45 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def checkpoint_meta(path: Path) -> dict[str, Any]:
+    """A checkpoint's ``distat_meta.json`` (epoch, backbone, num_labels, method and the full trial config);
+    empty for a checkpoint written without one."""
+    meta_path = Path(path) / _META_FILE
+    if not meta_path.is_file():
+        return {}
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ModelError(f"checkpoint {path}: unreadable {_META_FILE} ({type(e).__name__})") from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"checkpoint {path}: {_META_FILE} is not a JSON object")
+    return meta
+
+
+def check_resumable(path: Path, cfg: TrialConfig) -> None:
+    """Refuse to resume ``cfg`` from a checkpoint written for another backbone or method, judged from the
+    config saved in its ``distat_meta.json`` before any weights are read."""
+    meta = checkpoint_meta(path)
+    if not meta:
+        return
+    saved = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    backbone = (saved.get("model") or {}).get("backbone", meta.get("backbone"))
+    if backbone is not None and backbone != cfg.model.backbone:
+        raise ModelError(f"checkpoint {path} was trained from backbone {backbone!r}, this config has "
+                         f"{cfg.model.backbone!r}: resume with the same backbone, or pass --overwrite to start over")
+    method = meta.get("method")
+    if method is not None and method != cfg.method.label:
+        raise ModelError(f"checkpoint {path} was trained with method {method!r}, this config has "
+                         f"{cfg.method.label!r}: resume with the same method, or pass --overwrite to start over")
+
+
 def load_checkpoint(path: Path, parts: _Parts, opt, sched, cfg: TrialConfig) -> tuple[int, list[dict[str, float]]]:
     """Restore everything ``save_checkpoint`` wrote; returns (epoch, history)."""
-    meta_path = path / _META_FILE
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("backbone") != cfg.model.backbone or meta.get("num_labels") != parts.module.config.num_labels:
-            raise ModelError(
-                f"checkpoint {path} was trained with backbone {meta.get('backbone')!r} and "
-                f"{meta.get('num_labels')} labels; this config has {cfg.model.backbone!r} and "
-                f"{parts.module.config.num_labels}"
-            )
-        if meta.get("method") != cfg.method.label:
-            raise ModelError(f"checkpoint {path} was trained with method {meta.get('method')!r}, "
-                             f"this config has {cfg.method.label!r}")
+    check_resumable(path, cfg)
+    meta = checkpoint_meta(path)
+    if meta and meta.get("num_labels") != parts.module.config.num_labels:
+        raise ModelError(f"checkpoint {path} was trained with {meta.get('num_labels')} labels; this data has "
+                         f"{parts.module.config.num_labels}")
     try:
         weights = load_file(path / _WEIGHTS_FILE, device=str(parts.device))
         missing, unexpected = parts.module.load_state_dict(weights, strict=False)
@@ -356,6 +381,8 @@ def run_trial(
     out = Path(output_dir or cfg.output_dir)
     ckpt_root = out / "checkpoints"
     rank, world = _world()
+    if resume_from is not None:
+        check_resumable(Path(resume_from), cfg)  # before any data or weights are loaded
     seed_everything(cfg.seed)
     parts = build_parts(cfg, device)
     module, device = parts.module, parts.device
@@ -367,10 +394,6 @@ def run_trial(
     opt = make_optimizer(module, cfg)
     sched = make_scheduler(opt, total_steps, tcfg.warmup_ratio)
     autocast = autocast_factory(device, cfg.model.bf16)
-    if on_start is not None:
-        on_start({"train_examples": len(parts.train), "dev_examples": len(parts.dev), "device": str(device),
-                  "num_labels": module.config.num_labels, "steps_per_epoch": steps_per_epoch, "world_size": world,
-                  "model": parts.model})
 
     start_epoch, history = 0, []
     if resume_from is not None:
@@ -378,6 +401,10 @@ def run_trial(
         log.info("resumed from %s (epoch %d)", resume_from, start_epoch)
     else:
         seed_everything(cfg.seed + 1)  # the step RNG stream: the same whether or not setup consumed RNG
+    if on_start is not None:  # after everything that can fail on bad input (a bad checkpoint included)
+        on_start({"train_examples": len(parts.train), "dev_examples": len(parts.dev), "device": str(device),
+                  "num_labels": module.config.num_labels, "steps_per_epoch": steps_per_epoch, "world_size": world,
+                  "model": parts.model})
 
     def backward(loss: torch.Tensor, sync: bool = True) -> None:
         if sync or world == 1:

@@ -49,8 +49,11 @@ def load_static_set(
     elif target.is_dir():
         folder, name = target, split
         if name is None:
-            stems = sorted({p.stem for p in folder.iterdir()
-                            if p.suffix in _EXTS and p.is_file() and not p.name.startswith(".")})
+            try:
+                stems = sorted({p.stem for p in folder.iterdir()
+                                if p.suffix in _EXTS and p.is_file() and not p.name.startswith(".")})
+            except OSError as e:
+                raise DataError(f"cannot list {folder}: {e.strerror or e}") from None
             if len(stems) > 1:
                 raise DataError(f"{folder} holds splits {', '.join(stems)}; pick one with split=")
     else:

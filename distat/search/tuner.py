@@ -112,6 +112,11 @@ def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     trial_id = tune.get_context().get_trial_id()
     out = Path(spec["search_dir"]) / "trials" / trial_id
     out.mkdir(parents=True, exist_ok=True)
+    if (out / FINAL_FILE).is_file():
+        # finished before the driver died, after Tune's last (periodic) snapshot: restored as unfinished, the
+        # trial reports its result again instead of training and attacking twice
+        tune.report(json.loads((out / FINAL_FILE).read_text())["metrics"])
+        return
     params = {k: config[k] for k in param_names(scfg) if k in config}
     tcfg = apply_params(scfg, params, str(out))
     ada: dict[str, Any] = {}
@@ -197,8 +202,8 @@ def _robust_eval(scfg: Any, spec: dict[str, Any], checkpoint: Path, out: Path,
     t0 = time.perf_counter()
     ds = load_dataset(tcfg.data.path, splits=[att.split], text_fields=tcfg.data.text_fields)
     examples = select_examples(ds.split(att.split), att.n, seed=scfg.seed)
-    model = load_classifier(checkpoint, ds.num_labels).eval()
-    tokenizer = load_tokenizer(checkpoint)
+    model = load_classifier(checkpoint, ds.num_labels, tcfg.model.trust_remote_code).eval()
+    tokenizer = load_tokenizer(checkpoint, tcfg.model.trust_remote_code)
     paths = resources.resolve(Path(spec["cache_dir"]), spec.get("resource_overrides"))
     job = AttackJob(recipe=att.recipe, resources=paths, options=att.options.to_options(),
                     text_fields=ds.text_fields, max_length=tcfg.data.max_length, seed=scfg.seed)
@@ -318,7 +323,8 @@ def _run_config(scfg: Any, paths: SearchPaths, tracking_uri: str, callbacks: lis
 
     return tune.RunConfig(
         name=paths.name, storage_path=str(paths.storage.resolve()),
-        callbacks=[MLflowTrialCallback(tracking_uri, scfg.name, paths.search_dir), *callbacks],
+        callbacks=[MLflowTrialCallback(tracking_uri, scfg.name, paths.search_dir, uri_file=paths.search_dir / STATE_FILE),
+                   *callbacks],
         failure_config=tune.FailureConfig(max_failures=1), verbose=0,
     )
 
@@ -328,53 +334,255 @@ def start_search(scfg: Any, *, storage: Path, tracking_uri: str, cache_dir: Path
                  points_to_evaluate: list[dict[str, Any]] | None = None) -> Any:
     """Run a new search to completion; returns Tune's ResultGrid. ``points_to_evaluate``: parameter values
     (by search-space name) to try first, e.g. known-good settings or a benchmark's fixed configurations."""
-    from ray import tune
-
     paths = SearchPaths(storage=storage.resolve(), name=scfg.name)
-    if (paths.search_dir / STATE_FILE).exists():
-        raise DistatError(f"{paths.search_dir} already holds a search: `distat resume {paths.search_dir}` "
-                          "continues it, or pick another name / --storage")
+    check_new_search(paths.search_dir)
     paths.search_dir.mkdir(parents=True, exist_ok=True)
     spec = {"search": scfg.model_dump(mode="json", by_alias=True), "search_dir": str(paths.search_dir),
             "cache_dir": str(cache_dir), "resource_overrides": resource_overrides or {},
             "tracking_uri": tracking_uri}
-    (paths.search_dir / STATE_FILE).write_text(json.dumps(spec, indent=2))
+    _write_json(paths.search_dir / STATE_FILE, spec)
+    return _fit_new(scfg, spec, paths, callbacks, points_to_evaluate)
+
+
+def _fit_new(scfg: Any, spec: dict[str, Any], paths: SearchPaths, callbacks: Any = (),
+             points_to_evaluate: list[dict[str, Any]] | None = None) -> Any:
+    from ray import tune
+
     tuner = tune.Tuner(
         _trainable(spec),
         tune_config=tune.TuneConfig(search_alg=_searcher(scfg, points_to_evaluate), num_samples=scfg.search.num_samples,
                                     max_concurrent_trials=scfg.search.max_concurrent),
-        run_config=_run_config(scfg, paths, tracking_uri, list(callbacks)),
+        run_config=_run_config(scfg, paths, spec["tracking_uri"], list(callbacks)),
     )
     return tuner.fit()
 
 
+def check_new_search(search_dir: Path) -> None:
+    """Refuse to start a search where one already is (before Ray, MLflow or any folder is touched)."""
+    if (search_dir / STATE_FILE).exists():
+        raise DistatError(f"{search_dir} already holds a search: `distat resume {search_dir}` "
+                          "continues it, or pick another name / --storage")
+    if search_dir.exists() and not search_dir.is_dir():
+        raise DistatError(f"{search_dir} is a file, not a search folder: pick another name / --storage")
+
+
 def load_state(search_dir: Path) -> tuple[dict[str, Any], Any]:
     """The spec saved at the start of a search and its validated config."""
+    from pydantic import ValidationError
+
     from distat.search.space import SearchConfig
 
     state = search_dir / STATE_FILE
     if not state.is_file():
         raise DistatError(f"{search_dir}: not a distat search directory (no {STATE_FILE})")
-    spec = json.loads(state.read_text())
-    return spec, SearchConfig.model_validate(spec["search"])
+    try:
+        spec = json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DistatError(f"{state}: unreadable search state ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
+            from None
+    missing = [k for k in ("search", "tracking_uri", "cache_dir") if not isinstance(spec, dict) or k not in spec]
+    if missing:
+        raise DistatError(f"{state}: not a distat search state (missing {', '.join(missing)})")
+    try:
+        return spec, SearchConfig.model_validate(spec["search"])
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "<top level>"
+        raise DistatError(f"{state}: search: {where}: {first['msg']} (written by another distat version?)") from None
 
 
-def resume_search(search_dir: Path) -> Any:
+def update_state(search_dir: Path, /, **changes: Any) -> dict[str, Any]:
+    """Rewrite keys of the saved spec (``distat resume --tracking-uri/--cache-dir``); returns the new spec."""
+    spec, _ = load_state(search_dir)
+    changed = {k: v for k, v in changes.items() if v is not None and spec.get(k) != v}
+    if changed:
+        spec.update(changed)
+        _write_json(search_dir / STATE_FILE, spec)
+    return spec
+
+
+def resume_plan(search_dir: Path) -> str:
+    """``"restore"`` when Tune saved its experiment state (``Tuner.restore`` continues it), ``"restart"`` when
+    the driver died before that: the search then starts afresh in the same folder (:func:`restart_search`)."""
+    from ray import tune
+
+    return "restore" if tune.Tuner.can_restore(str(search_dir)) else "restart"
+
+
+def discard_unfinished_trials(search_dir: Path) -> list[str]:
+    """Remove trial folders without a final result (a search restarted from nothing re-runs them anyway);
+    returns their names. Finished trials are kept."""
+    import shutil
+
+    trials = search_dir / "trials"
+    removed = []
+    if trials.is_dir():
+        for folder in sorted(trials.iterdir()):
+            if folder.is_dir() and not (folder / FINAL_FILE).is_file():
+                shutil.rmtree(folder)
+                removed.append(folder.name)
+    return removed
+
+
+def resume_search(search_dir: Path, callbacks: list[Any] = ()) -> Any:
     """Restore a search from its directory after the driver stopped (even SIGKILL) and run it to the end.
 
     Completed trials are kept (not re-run); the Optuna searcher's state comes back from Tune's experiment
     snapshot; unfinished and errored trials restart, and their training resumes from the newest distat
     checkpoint in their trial folder; MLflow child runs are found again by tag. The snapshot also holds the
-    run config with its callbacks (the MLflow one comes back empty and finds its runs by tag).
+    run config with its callbacks (the MLflow one comes back empty, reads the tracking URI from
+    ``distat_search.json`` and finds its runs by tag).
+
+    If the driver died before Tune saved anything (see :func:`resume_plan`), the search starts afresh in
+    place with the saved spec; ``callbacks`` are used then only (a restored run keeps its own).
     """
     from ray import tune
 
-    spec, _ = load_state(search_dir)
-    if not tune.Tuner.can_restore(str(search_dir)):
-        raise DistatError(f"{search_dir}: Tune saved no experiment state yet; start the search again")
+    spec, scfg = load_state(search_dir)
+    if resume_plan(search_dir) == "restart":
+        discard_unfinished_trials(search_dir)
+        spec = update_state(search_dir, search_dir=str(search_dir))
+        return _fit_new(scfg, spec, SearchPaths(storage=search_dir.parent, name=search_dir.name), callbacks)
+    set_aside_unknown_trials(search_dir)
     tuner = tune.Tuner.restore(str(search_dir), trainable=_trainable(spec), resume_unfinished=True,
                                resume_errored=True)
     return tuner.fit()
+
+
+def snapshot_trial_ids(search_dir: Path) -> set[str] | None:
+    """The trial ids in Tune's newest experiment snapshot (the one ``Tuner.restore`` loads); None if unreadable."""
+    snaps = sorted(search_dir.glob("experiment_state-*.json"), key=lambda p: p.name)  # Tune takes the max name
+    if not snaps:
+        return None
+    try:
+        ids = set()
+        for entry in json.loads(snaps[-1].read_text())["trial_data"]:
+            ids.add(json.loads(entry[0] if isinstance(entry, list) else entry)["trial_id"])
+        return ids
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def set_aside_unknown_trials(search_dir: Path) -> list[str]:
+    """Move trial folders of trials Tune's last snapshot does not hold to ``orphaned_trials/``; returns their ids.
+
+    Tune snapshots its experiment every 10 s or more: a trial started in the seconds before the driver died is
+    not in it, so the restored search never runs that trial id again (the searcher suggests a new trial in
+    its place). Its folder would be an extra, unfinished trial in ``trials/``; it is kept aside instead.
+    """
+    import shutil
+
+    known = snapshot_trial_ids(search_dir)
+    trials = search_dir / "trials"
+    if known is None or not trials.is_dir():
+        return []
+    moved = []
+    for folder in sorted(p for p in trials.iterdir() if p.is_dir() and p.name not in known):
+        target = search_dir / "orphaned_trials" / folder.name
+        target.parent.mkdir(exist_ok=True)
+        shutil.move(str(folder), str(target))
+        moved.append(folder.name)
+        log.warning("trial %s started after Tune's last snapshot of the search and is not in it: its folder is moved "
+                    "to %s%s", folder.name, target,
+                    "" if not (target / FINAL_FILE).is_file() else " (it had finished: its result is not counted)")
+    return moved
+
+
+# --------------------------------------------------------------------------------------------------
+# what a trial needs from the cluster
+
+
+def trial_needs(scfg: Any) -> dict[str, tuple[float, str]]:
+    """The most of each Ray resource (``CPU``, ``GPU``) one trial holds at once, with the phase that needs it.
+
+    A trial's phases run one after the other (ADA generation, training on Ray Train workers, the attack
+    actors), so the need is the largest phase, not their sum.
+    """
+    res, att = scfg.resources, scfg.attack
+    phases = [(f"training: {res.num_workers} worker(s) x {_num(res.cpus_per_worker)} CPU"
+               + (f" + {_num(res.gpus)} GPU" if res.gpus else ""),
+               {"CPU": res.num_workers * res.cpus_per_worker, "GPU": res.num_workers * res.gpus})]
+    if att.actors > 0:
+        phases.append((f"attack: {att.actors} actor(s) x {_num(att.cpus_per_actor)} CPU"
+                       + (f" + {_num(att.gpus_per_actor)} GPU" if att.gpus_per_actor else ""),
+                       {"CPU": att.actors * att.cpus_per_actor, "GPU": att.actors * att.gpus_per_actor}))
+    aug = scfg.base_trial().augment
+    if aug is not None and aug.actors > 0:
+        phases.append((f"ADA generation: {aug.actors} actor(s) x 1 CPU"
+                       + (f" + {_num(aug.gpus_per_actor)} GPU" if aug.gpus_per_actor else ""),
+                       {"CPU": float(aug.actors), "GPU": aug.actors * aug.gpus_per_actor}))
+    needs: dict[str, tuple[float, str]] = {}
+    for label, amounts in phases:
+        for key, amount in amounts.items():
+            if amount > needs.get(key, (0.0, ""))[0]:
+                needs[key] = (float(amount), label)
+    return needs
+
+
+def resource_shortfall(needs: dict[str, tuple[float, str]], have: dict[str, float]) -> str | None:
+    """The first resource a trial needs more of than the cluster has, as one line; None if it fits."""
+    for key in ("GPU", "CPU", *sorted(set(needs) - {"GPU", "CPU"})):
+        if key not in needs:
+            continue
+        amount, phase = needs[key]
+        available = float(have.get(key, 0.0))
+        if amount > available + 1e-9:
+            return (f"a trial needs {_num(amount)} {key} ({phase}) but the Ray cluster has {_num(available)}: "
+                    "lower resources/attack in the search YAML or use a bigger cluster")
+    return None
+
+
+def cluster_capacity() -> dict[str, float] | None:
+    """What the connected Ray cluster can offer: its current resources, raised to the autoscaler's maximum
+    when the autoscaler publishes one; None when an autoscaler of unknown reach runs (nodes may still come)."""
+    import ray
+
+    have = {k: float(v) for k, v in ray.cluster_resources().items()}
+    try:
+        from ray._private.state import state
+
+        upper = state.get_max_resources_from_cluster_config()
+    except Exception:  # noqa: BLE001 - private API: without it, judge by the current nodes
+        upper = None
+    if upper:
+        return {k: max(have.get(k, 0.0), float(upper.get(k, 0.0))) for k in set(have) | set(upper)}
+    if _autoscaler_v1_running():
+        return None
+    return have
+
+
+def _autoscaler_v1_running() -> bool:
+    try:
+        from ray._private import ray_constants
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        return bool(raw) and "autoscaler_report" in json.loads(raw)
+    except Exception:  # noqa: BLE001 - cannot tell: assume nodes may come rather than refuse a good search
+        return True
+
+
+def check_cluster_fits(scfg: Any, wait_s: float = 0.0) -> None:
+    """Fail with one line when one trial needs more CPUs/GPUs than the Ray cluster has (or can scale to).
+
+    ``wait_s``: on an existing cluster, nodes may still be joining; look again for this long before failing.
+    """
+    needs = trial_needs(scfg)
+    deadline = time.monotonic() + wait_s
+    while True:
+        have = cluster_capacity()
+        problem = None if have is None else resource_shortfall(needs, have)
+        if problem is None:
+            if have is None:
+                log.info("an autoscaler manages this cluster: not checking per-trial resources up front")
+            return
+        if time.monotonic() >= deadline:
+            raise DistatError(problem)
+        time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def trial_points(search_dir: Path, clean_acc_floor: float | None = None) -> list[Any]:
@@ -399,13 +607,19 @@ def trial_points(search_dir: Path, clean_acc_floor: float | None = None) -> list
 
 
 def finish_search(scfg: Any, search_dir: Path, tracking_uri: str) -> tuple[list[Any], dict[str, Path]]:
-    """Pareto artifacts into ``search_dir/pareto`` and onto the MLflow parent run."""
-    from distat.tracking.mlflow import Tracker
+    """Pareto artifacts into ``search_dir/pareto`` and onto the MLflow parent run. A tracking server lost by
+    now costs the parent run its artifacts (one warning), not the search: the front is on disk."""
+    from distat.tracking.mlflow import Tracker, redact
     from distat.tracking.pareto import write_artifacts
 
     points = trial_points(search_dir, scfg.search.clean_acc_floor)
     files = write_artifacts(points, search_dir / "pareto")
-    tracker = Tracker(tracking_uri, scfg.name, search_dir)
-    tracker.log_artifacts(tracker.parent_id, search_dir / "pareto")
-    tracker.finish(tracker.parent_id)
+    try:
+        tracker = Tracker(tracking_uri, scfg.name, search_dir)
+        tracker.close_stray_children({p.trial_id for p in points})
+        tracker.log_artifacts(tracker.parent_id, search_dir / "pareto")
+        tracker.finish(tracker.parent_id)
+    except Exception as e:  # noqa: BLE001 - any tracking failure: the results stay on disk
+        log.warning("the Pareto front was not logged to MLflow (%s: %s); it is in %s", type(e).__name__,
+                    redact(str(e).splitlines()[0] if str(e) else ""), search_dir / "pareto")
     return points, files

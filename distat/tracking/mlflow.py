@@ -10,9 +10,13 @@ was SIGKILLed) reuses its parent run and every trial's child run instead of dupl
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,54 @@ _SKIP_PARAMS = {"__distat__"}
 # Tune's own bookkeeping fields in every result: not metrics of the trial
 _TUNE_BOOKKEEPING = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid",
                      "time_since_restore", "iterations_since_restore", "done", "date", "hostname", "node_ip"}
-_SECRET_HINTS = ("token", "secret", "password", "key", "credential")
+# Params whose name says they hold a secret (matched per dotted/underscored word of the key) are masked; so are
+# values that look like one: credentials in a URI (user:pass@), key=value query arguments, well-known token
+# formats, and the value of any environment variable whose name says it is a secret.
+_SECRET_WORDS = frozenset({"token", "secret", "password", "passwd", "pwd", "credential", "credentials", "apikey",
+                           "auth", "authorization", "key", "cookie", "signature"})
+_SECRET_PARTS = ("secret", "password", "passwd", "credential")  # inside a word: hfsecret, dbpassword
+_SECRET_ENDINGS = ("token", "apikey", "accesskey", "privatekey", "secretkey")  # accesstoken (accessToken)
+_WORD_SPLIT = re.compile(r"[^a-z0-9]+")
+_URI_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+_ARG = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_.-]*)(?P<sep>=)(?P<value>[^&;,\s]+)")
+_TOKEN_FORMATS = re.compile(
+    r"\b(?:hf_[A-Za-z0-9]{16,}|gh[pousr]_[A-Za-z0-9]{16,}|github_pat_[A-Za-z0-9_]{16,}|sk-[A-Za-z0-9_-]{16,}"
+    r"|xox[abprs]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}|ASIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{30,}"
+    r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})")
+MASK = "***"
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a setting called ``name`` (dotted, snake, kebab or camel case) names a secret."""
+    words = [w for w in _WORD_SPLIT.split(name.lower()) if w]
+    return any(w in _SECRET_WORDS or any(p in w for p in _SECRET_PARTS) or w.endswith(_SECRET_ENDINGS)
+               for w in words)
+
+
+def redact(text: str) -> str:
+    """``text`` with credentials masked: ``user:pass@`` in URIs, ``token=...``-style arguments, known token
+    formats and the values of secret-named environment variables."""
+    text = _URI_USERINFO.sub(lambda m: f"{m['scheme']}{_mask_userinfo(m['userinfo'])}@", text)
+    text = _ARG.sub(lambda m: f"{m['name']}{m['sep']}{MASK}" if is_secret_name(m["name"]) else m[0], text)
+    text = _TOKEN_FORMATS.sub(MASK, text)
+    for name, value in os.environ.items():
+        if len(value) >= 8 and is_secret_name(name) and value in text:
+            text = text.replace(value, MASK)
+    return text
+
+
+def _mask_userinfo(userinfo: str) -> str:
+    user, sep, _ = userinfo.partition(":")
+    return f"{user}:{MASK}" if sep else MASK  # a lone userinfo (token@host) is the secret itself
+
+
+def safe_params(params: dict[str, Any], limit: int = 500) -> dict[str, str]:
+    """Flattened params ready for MLflow: secret-named keys masked, secrets inside values masked."""
+    out: dict[str, str] = {}
+    for key, value in flatten(params).items():
+        text = str(value)
+        out[key] = MASK if is_secret_name(key) and value not in (None, "") else redact(text)[:limit]
+    return out
 
 
 def default_tracking_uri(workdir: Path | None = None) -> str:
@@ -45,14 +96,14 @@ class Tracker:
 
         self.uri = tracking_uri
         self.search_dir = str(search_dir.resolve())
-        _check_reachable(tracking_uri)
+        check_reachable(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri)
         try:
             exp = self.client.get_experiment_by_name(experiment)
         except Exception as e:  # noqa: BLE001 - any transport failure is the same for the user
-            raise DistatError(f"MLflow tracking server {tracking_uri} is unreachable: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]} (start it, or omit --tracking-uri for the "
-                              "embedded store)") from None
+            detail = redact((str(e).strip().splitlines() or [""])[0][:200])
+            raise DistatError(f"MLflow tracking server {redact(tracking_uri)} is unreachable: {type(e).__name__}: "
+                              f"{detail} (start it, or omit --tracking-uri for the embedded store)") from None
         if exp is None:
             artifacts = None
             if tracking_uri.startswith("sqlite:///"):
@@ -84,17 +135,17 @@ class Tracker:
         from mlflow.entities import Param
 
         existing = set(self.client.get_run(run_id).data.params)
-        safe = [Param(k, str(v)[:500]) for k, v in sorted(flatten(params).items())
-                if k not in existing and not any(h in k.lower() for h in _SECRET_HINTS)]
+        safe = [Param(k, v) for k, v in sorted(safe_params(params).items()) if k not in existing]
         if safe:
             self.client.log_batch(run_id, params=safe)
 
-    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int) -> None:
+    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int, timestamp_ms: int | None = None) -> None:
+        """Log numeric, finite ``metrics`` at ``step``, stamped ``timestamp_ms`` (default: now)."""
         import time
 
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        now = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
         if batch:
@@ -103,26 +154,62 @@ class Tracker:
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
+    def close_stray_children(self, finished: set[str]) -> list[str]:
+        """End the child runs still RUNNING whose trial did not finish (KILLED, tagged ``distat.stray``): trials
+        started after Tune's last snapshot before the driver died, which the resumed search ran under new ids.
+        Returns their trial ids."""
+        query = f"tags.`{TAG_PARENT}` = '{self.parent_id}' and attributes.status = 'RUNNING'"
+        stray = []
+        for run in self.client.search_runs([self.experiment_id], filter_string=query, max_results=1000):
+            trial_id = run.data.tags.get(TAG_TRIAL)
+            if trial_id is not None and trial_id not in finished:
+                self.client.set_tag(run.info.run_id, "distat.stray", "not in Tune's snapshot when the driver died; "
+                                    "the resumed search ran another trial in its place")
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+                stray.append(trial_id)
+        return stray
+
     def log_artifacts(self, run_id: str, folder: Path) -> None:
         self.client.log_artifacts(run_id, str(folder))
 
 
-def _check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """A quick health probe of a tracking server (MLflow's own client retries for minutes)."""
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """A quick health probe of a tracking server (MLflow's own client retries for minutes); for a SQLite
+    store, that its folder exists. Credentials in the URI go in a header, never into the error message."""
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise DistatError(f"tracking URI {redact(uri)}: folder {folder} does not exist")
+        return
     if not uri.startswith(("http://", "https://")):
         return
+    import base64
+    import http.client
     import urllib.error
+    import urllib.parse
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+        parts = urllib.parse.urlsplit(uri)
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        request = urllib.request.Request(urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/")
+                                                                  + "/health", "", "")))
+        if parts.username is not None:
+            pair = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+            request.add_header("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
+        with urllib.request.urlopen(request, timeout=timeout):
             return
     except urllib.error.HTTPError:
         return  # it answered: a server is there (health may be routed elsewhere behind a proxy)
     except OSError as e:
         reason = getattr(e, "reason", e)
-        raise DistatError(f"MLflow tracking server {uri} is unreachable ({reason}): start it, or omit "
-                          "--tracking-uri for the embedded store") from None
+        raise DistatError(f"MLflow tracking server {redact(uri)} is unreachable ({redact(str(reason))}): start it, "
+                          "or omit --tracking-uri for the embedded store") from None
+    except (ValueError, http.client.HTTPException) as e:
+        raise DistatError(f"tracking URI {redact(uri)} is not a valid URL ({redact(str(e))})") from None
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -139,17 +226,44 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class MLflowTrialCallback(Callback):
-    """A Tune callback logging each trial to its (found or created) child run of the search's parent run."""
+    """A Tune callback logging each trial to its (found or created) child run of the search's parent run.
 
-    def __init__(self, tracking_uri: str, experiment: str, search_dir: Path) -> None:
+    A tracking server that stops answering never stops the search: logging calls are queued, in order, and
+    sent once it answers again (tried at the next trial event, and every ``retry_s`` seconds in between).
+    Whatever is still queued when the search ends is dropped with one warning saying how much, for which
+    trials; the results on disk are complete either way. A call the server answers but refuses is skipped
+    with a warning, as before. The queue lives in the driver: a driver killed while it holds calls loses them.
+    """
+
+    retry_s = 10.0
+
+    def __init__(self, tracking_uri: str, experiment: str, search_dir: Path, uri_file: Path | None = None) -> None:
         self._args = (tracking_uri, experiment, search_dir)
+        self._uri_file = uri_file  # a JSON file whose "tracking_uri" wins (distat resume --tracking-uri)
         self._tracker: Tracker | None = None
         self._runs: dict[str, str] = {}
+        self._backlog: list[tuple[str, Any]] = []  # (trial id, call) not sent yet, oldest first
+        self._down = False  # the server did not answer the last attempt
+        self._retry_at = 0.0
+
+    @property
+    def tracking_uri(self) -> str:
+        """The URI to log to: the one in ``uri_file`` when it names one (the callback comes back from Tune's
+        snapshot with the URI of the search's start), else the one given."""
+        uri_file = getattr(self, "_uri_file", None)  # snapshots pickled before uri_file existed lack it
+        if uri_file is not None:
+            try:
+                saved = json.loads(Path(uri_file).read_text(encoding="utf-8")).get("tracking_uri")
+            except (OSError, ValueError, AttributeError):
+                saved = None
+            if isinstance(saved, str) and saved:
+                return saved
+        return self._args[0]
 
     @property
     def tracker(self) -> Tracker:
         if self._tracker is None:
-            self._tracker = Tracker(*self._args)
+            self._tracker = Tracker(self.tracking_uri, *self._args[1:])
         return self._tracker
 
     def _run(self, trial: Any) -> str:
@@ -158,25 +272,111 @@ class MLflowTrialCallback(Callback):
         return self._runs[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._safely(lambda: self.tracker.log_params(self._run(trial), trial.config))
+        config = dict(trial.config)
+        self._submit(trial.trial_id, lambda: self.tracker.log_params(self._run(trial), config))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        import time
+
         step = int(result.get("epoch") or result.get("training_iteration") or 0)
         metrics = {k: v for k, v in result.items() if k not in _TUNE_BOOKKEEPING}
-        self._safely(lambda: self.tracker.log_metrics(self._run(trial), metrics, step))
+        stamp = int(time.time() * 1000)  # when it happened, even if sent later
+        self._submit(trial.trial_id, lambda: self.tracker.log_metrics(self._run(trial), metrics, step, stamp))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._safely(lambda: self.tracker.finish(self._run(trial), "FINISHED"))
+        self._submit(trial.trial_id, lambda: self.tracker.finish(self._run(trial), "FINISHED"))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._safely(lambda: self.tracker.finish(self._run(trial), "FAILED"))
+        self._submit(trial.trial_id, lambda: self.tracker.finish(self._run(trial), "FAILED"))
 
-    def _safely(self, fn: Any) -> None:
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        import time
+
+        if self._queue() and time.monotonic() >= getattr(self, "_retry_at", 0.0):
+            self._flush()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        backlog = self._queue()
+        if backlog:
+            self._flush()
+        if backlog:
+            ids = sorted({trial_id for trial_id, _ in backlog})
+            log.warning("MLflow tracking server %s did not come back: %d logging call(s) for %d trial(s) (%s) were "
+                        "not sent and are dropped; every result is on disk in %s", redact(self.tracking_uri),
+                        len(backlog), len(ids), ", ".join(ids), self._args[2])
+            backlog.clear()
+
+    @property
+    def pending(self) -> int:
+        """Logging calls queued while the server did not answer."""
+        return len(self._queue())
+
+    def _queue(self) -> list[tuple[str, Any]]:
+        if not hasattr(self, "_backlog"):  # restored from a snapshot pickled before the queue existed
+            self._backlog, self._down, self._retry_at = [], False, 0.0
+        return self._backlog
+
+    def _submit(self, trial_id: str, fn: Any) -> None:
         # a tracking hiccup must never stop the search: results on disk stay complete
-        try:
-            fn()
-        except Exception as e:  # noqa: BLE001
-            log.warning("MLflow logging failed (%s: %s); the search goes on", type(e).__name__, e)
+        self._queue().append((trial_id, fn))
+        if not self._down:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send queued calls in order; stop at the first one the server does not answer (kept for later)."""
+        import time
+
+        backlog = self._queue()
+        uri = self.tracking_uri
+        if self._down and not _answers(uri):
+            self._retry_at = time.monotonic() + self.retry_s
+            return
+        while backlog:
+            try:
+                with _quick_http():
+                    backlog[0][1]()
+            except Exception as e:  # noqa: BLE001
+                if not _answers(uri):
+                    if not self._down:
+                        log.warning("MLflow tracking server %s is unreachable (%s); logging is queued until it "
+                                    "answers again, the search goes on", redact(uri), type(e).__name__)
+                    self._down, self._retry_at = True, time.monotonic() + self.retry_s
+                    return
+                log.warning("MLflow logging failed (%s: %s); the search goes on", type(e).__name__, redact(str(e)))
+            backlog.pop(0)
+        if self._down:
+            log.warning("MLflow tracking server %s answers again: the queued logging was sent", redact(uri))
+            self._down = False
 
     def __getstate__(self) -> dict[str, Any]:  # the experiment snapshot pickles callbacks
-        return {"_args": self._args, "_tracker": None, "_runs": {}}
+        return {"_args": self._args, "_uri_file": getattr(self, "_uri_file", None), "_tracker": None, "_runs": {},
+                "_backlog": [], "_down": False, "_retry_at": 0.0}
+
+
+def _answers(uri: str) -> bool:
+    """Whether the tracking store answers now (a quick probe of a server; a local store always does)."""
+    try:
+        check_reachable(uri, timeout=2.0)
+    except DistatError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _quick_http() -> Iterator[None]:
+    """MLflow's client retries an unreachable server for about 4 minutes, and the Tune callbacks run in the
+    driver's event loop: give up after a few seconds instead (the callback queues the call), unless the user
+    tuned these variables."""
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+             "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+    added = {k: v for k, v in quick.items() if k not in os.environ}
+    os.environ.update(added)
+    pool_log = logging.getLogger("urllib3.connectionpool")  # one "Retrying ..." warning per attempt: the
+    level = pool_log.level  # callback's own warning says it once
+    pool_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        pool_log.setLevel(level)
+        for key in added:
+            os.environ.pop(key, None)
