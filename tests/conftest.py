@@ -58,3 +58,14 @@ def _shared():
     from helpers import shared_data_dir
 
     return shared_data_dir()
+
+
+@pytest.fixture(scope="session")
+def ray_nodes():
+    """A real two-node Ray cluster on this machine, owned by this test session: a head and a worker node of
+    1 CPU each (``ray start --block``, own temp dir and ports; see tests/faultkit.py). Searches reach it with
+    ``--address ray_nodes.address`` and ``env=ray_nodes.env()``; it is stopped, alone, at the end."""
+    from faultkit import LocalCluster
+
+    with LocalCluster({"head": 1, "worker": 1}) as cluster:
+        yield cluster

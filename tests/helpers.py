@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,3 +24,46 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def search_yaml(tmp_path: Path, backbone: Path, name: str, num_samples: int = 4,
+                updates: dict[str, Any] | None = None, params: dict[str, Any] | None = None) -> Path:
+    """A tiny search YAML (2 epochs of 48 SST-2 rows, PWWS on 3 dev examples with 1 actor, 2 trials at a time,
+    1 single-CPU worker each) written to ``tmp_path/<name>.yaml``; ``updates`` are merged in, nested dicts
+    key by key (``{"trial": {"train": {"epochs": 3}}}``); ``params`` replace the searched parameters."""
+    import yaml
+
+    cfg = {
+        "name": name,
+        "seed": 3,
+        "trial": {
+            "seed": 3,
+            "data": {"path": str(shared_data_dir() / "sst2"), "max_train_examples": 48, "max_dev_examples": 24,
+                     "max_length": 32},
+            "model": {"backbone": str(backbone)},
+            "method": {"name": "pgd", "adv_steps": 1},
+            "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3},
+        },
+        "attack": {"recipe": "pwws", "n": 3, "split": "dev", "actors": 1},
+        "search": {"num_samples": num_samples, "max_concurrent": 2},
+        "resources": {"num_workers": 1, "cpus_per_worker": 1},
+        "params": {
+            "method": {"choice": ["pgd", "adaptive_pgd"]},
+            "adv_lr": {"loguniform": [0.01, 0.1]},
+            "w_lr": {"choice": [0.1, 1.0], "when": {"method": ["adaptive_pgd"]}},
+        },
+    }
+    _merge(cfg, updates or {})
+    if params is not None:
+        cfg["params"] = params
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _merge(into: dict[str, Any], updates: dict[str, Any]) -> None:
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value

@@ -4,12 +4,8 @@ a driver SIGKILLed mid-search and resumed."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,7 +13,18 @@ import yaml
 
 from distat.cli import main
 
-from helpers import free_port, shared_data_dir
+from faultkit import (
+    MlflowServer,
+    distat_cmd,
+    finals,
+    kill_group,
+    optuna_history,
+    pid_alive,
+    start_driver,
+    starts,
+    wait_for,
+)
+from helpers import free_port, search_yaml, shared_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,55 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` process on 127.0.0.1 with its own SQLite store."""
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "art"),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not start")
-    yield uri
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
-
-
-def search_yaml(tmp_path: Path, backbone: Path, name: str, num_samples: int = 4) -> Path:
-    cfg = {
-        "name": name,
-        "seed": 3,
-        "trial": {
-            "seed": 3,
-            "data": {"path": str(shared_data_dir() / "sst2"), "max_train_examples": 48, "max_dev_examples": 24,
-                     "max_length": 32},
-            "model": {"backbone": str(backbone)},
-            "method": {"name": "pgd", "adv_steps": 1},
-            "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3},
-        },
-        "attack": {"recipe": "pwws", "n": 3, "split": "dev", "actors": 1},
-        "search": {"num_samples": num_samples, "max_concurrent": 2},
-        "resources": {"num_workers": 1, "cpus_per_worker": 1},
-        "params": {
-            "method": {"choice": ["pgd", "adaptive_pgd"]},
-            "adv_lr": {"loguniform": [0.01, 0.1]},
-            "w_lr": {"choice": [0.1, 1.0], "when": {"method": ["adaptive_pgd"]}},
-        },
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
+    yield server.uri
+    server.stop()
 
 
 def test_search_runs_trials_and_logs_parent_and_children(tmp_path, tiny_model_dir, attack_paths, mlflow_server,
@@ -191,13 +152,24 @@ def test_bad_search_yaml_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "params.adv_lr" in err
 
 
-def _stop_stray_ray() -> None:
-    """A SIGKILLed driver leaves the local Ray it started running; stop it as a user would."""
-    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+def _newest_epoch(trial_dir: Path) -> int:
+    epochs = [int(p.name.removeprefix("epoch_")) for p in (trial_dir / "checkpoints").glob("epoch_*")]
+    return max(epochs, default=0)
+
+
+def _trial_pids(search_dir: Path) -> set[int]:
+    """Every process a trial of this search ran in: Train workers and attack actors."""
+    pids = {s["pid"] for t in search_dir.glob("trials/*") for s in starts(t)}
+    for progress in search_dir.glob("trials/*/attack_progress.json"):
+        pids |= {a["pid"] for a in json.loads(progress.read_text()).get("attack_actors", [])}
+    return pids
 
 
 @pytest.mark.slow
-def test_driver_sigkill_then_resume_keeps_finished_trials(tmp_path, tiny_model_dir, attack_paths):
+def test_driver_sigkill_then_resume_keeps_finished_trials(tmp_path, tiny_model_dir, attack_paths, ray_nodes):
+    """The driver of a search on a running cluster is SIGKILLed at a random moment after the first trial
+    finished; `distat resume` on the same cluster completes the search: finished trials kept as they were,
+    none run twice, in-flight trials resumed from their newest distat checkpoint, Optuna's history whole."""
     import random
 
     from mlflow.tracking import MlflowClient
@@ -205,40 +177,59 @@ def test_driver_sigkill_then_resume_keeps_finished_trials(tmp_path, tiny_model_d
     spec = search_yaml(tmp_path, tiny_model_dir, "killed")
     storage = tmp_path / "searches"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cli = [sys.executable, "-m", "distat.cli"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    driver = subprocess.Popen([*cli, "search", str(spec), "--storage", str(storage), "--tracking-uri", uri],
-                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
     search_dir = storage / "killed"
-    deadline = time.time() + 600
-    while time.time() < deadline and not list(search_dir.glob("trials/*/final.json")):
-        assert driver.poll() is None, "the search ended before it could be killed"
-        time.sleep(0.5)
+    log = tmp_path / "driver.log"
+    driver = start_driver(["search", str(spec), "--address", ray_nodes.address, "--storage", str(storage),
+                           "--tracking-uri", uri], tmp_path, ray_nodes.env(), log)
+    wait_for(lambda: finals(search_dir), 600, "the first finished trial", alive=driver)
     time.sleep(random.uniform(0, 5))  # a random moment after the first trial finished
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
-    _stop_stray_ray()
+    kill_group(driver)
+    # the cluster lives on; Ray ends the dead driver's job, its trials' workers and actors with it
+    wait_for(lambda: not any(pid_alive(p) for p in _trial_pids(search_dir)), 120, "the killed job's processes to end")
 
     finished = {p.parent.name: p.stat().st_mtime_ns for p in search_dir.glob("trials/*/final.json")}
-    in_flight_ckpts = {p: p.stat().st_mtime_ns for p in search_dir.glob("trials/*/checkpoints/epoch_001")
-                       if p.parent.parent.name not in finished}
-    assert finished and len(finished) < 4
+    in_flight = {t.name: _newest_epoch(t) for t in search_dir.glob("trials/*") if t.name not in finished}
+    in_flight_ckpts = {p: p.stat().st_mtime_ns for p in search_dir.glob("trials/*/checkpoints/epoch_*")
+                       if p.parent.parent.name in in_flight}
+    assert finished and len(finished) < 4, log.read_text()[-3000:]
 
-    resumed = subprocess.run([*cli, "resume", str(search_dir)], cwd=tmp_path, env=env, capture_output=True,
-                             text=True, timeout=900)
+    resumed = subprocess.run(distat_cmd("resume", str(search_dir), "--address", ray_nodes.address), cwd=tmp_path,
+                             env=ray_nodes.env(), capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Pareto front" in resumed.stdout
 
-    finals = {p.parent.name: p for p in search_dir.glob("trials/*/final.json")}
-    assert len(finals) == 4  # the trial budget is respected: no extra, none lost
+    done = finals(search_dir)
+    assert len(done) == 4  # the trial budget is respected: no extra, none lost
     assert len([p for p in (search_dir / "trials").iterdir() if p.is_dir()]) == 4  # no duplicate trial ids
     for trial_id, mtime in finished.items():
-        assert finals[trial_id].stat().st_mtime_ns == mtime  # finished trials were not re-run
+        assert (search_dir / "trials" / trial_id / "final.json").stat().st_mtime_ns == mtime  # not re-run
+    # trials started after Tune's last snapshot are unknown to the restored search: their folders are set
+    # aside (and new trials run in their place); none of them had finished
+    orphans = {p.name for p in (search_dir / "orphaned_trials").glob("*")}
+    assert orphans <= set(in_flight) and not any((search_dir / "orphaned_trials" / o / "final.json").exists()
+                                                 for o in orphans)
+    for trial_id, epoch in in_flight.items():
+        if trial_id not in orphans and epoch:
+            # its training went on from the newest checkpoint on disk, whatever Tune's snapshot recorded
+            assert starts(search_dir / "trials" / trial_id)[-1]["resume_epoch"] == epoch
     for ckpt, mtime in in_flight_ckpts.items():
-        assert ckpt.stat().st_mtime_ns == mtime  # in-flight trials resumed after their last checkpoint
+        if ckpt.parent.parent.name not in orphans:
+            assert ckpt.stat().st_mtime_ns == mtime  # nothing before the newest checkpoint was trained again
+
+    # Optuna's history (Tune's searcher snapshot): exactly the 4 finished trials, with their results
+    history = optuna_history(search_dir)
+    assert [t["state"] for t in history] == ["COMPLETE"] * 4, history
+    told = sorted((json.dumps(t["params"], sort_keys=True), tuple(t["values"])) for t in history)
+    on_disk = sorted((json.dumps(f["params"], sort_keys=True), (f["metrics"]["clean_acc"], f["metrics"]["robust_acc"]))
+                     for f in done.values())
+    assert told == on_disk
 
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("killed").experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(runs) - len(children) == 1 and len(children) == 4  # runs reused, not duplicated
+    assert len(runs) - len(children) == 1  # the parent run reused, not duplicated
+    kept = [c for c in children if c.info.status == "FINISHED"]
+    assert sorted(c.data.tags["distat.trial_id"] for c in kept) == sorted(done)  # one finished run per trial
+    stray = {c.data.tags["distat.trial_id"]: c for c in children if c not in kept}
+    assert set(stray) <= orphans and all(c.info.status == "KILLED" and "distat.stray" in c.data.tags
+                                          for c in stray.values())

@@ -33,8 +33,12 @@ def select_examples(split: Split, n: int | None, seed: int) -> list[Example]:
 
 def robust_evaluate(model: nn.Module, tokenizer: Any, examples: list[Example], job: AttackJob, *,
                     actors: int = 0, cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0,
-                    progress: Callable[[int, int], None] | None = None) -> tuple[RobustMetrics, list[AttackRecord]]:
-    """Attack ``examples``: in this process when ``actors == 0``, else with an :class:`AttackPool`."""
+                    progress: Callable[[int, int], None] | None = None,
+                    pool_stats: dict[str, Any] | None = None) -> tuple[RobustMetrics, list[AttackRecord]]:
+    """Attack ``examples``: in this process when ``actors == 0``, else with an :class:`AttackPool`.
+
+    ``pool_stats``, when given with actors, is kept up to date (before each ``progress`` call and at the end)
+    with :meth:`AttackPool.stats`: which nodes and processes attacked, and how many actors were replaced."""
     if actors <= 0:
         runner = AttackRunner(job, model, tokenizer)
         done = 0
@@ -51,5 +55,14 @@ def robust_evaluate(model: nn.Module, tokenizer: Any, examples: list[Example], j
 
         with AttackPool(job, model, tokenizer, actors=actors, cpus_per_actor=cpus_per_actor,
                         gpus_per_actor=gpus_per_actor) as pool:
-            records = pool.run(examples, progress=progress)
+
+            def pool_step(done: int, total: int) -> None:
+                if pool_stats is not None:
+                    pool_stats.update(pool.stats())
+                if progress is not None:
+                    progress(done, total)
+
+            records = pool.run(examples, progress=pool_step)
+            if pool_stats is not None:
+                pool_stats.update(pool.stats())
     return summarize(records), records

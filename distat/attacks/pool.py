@@ -5,6 +5,9 @@ the recipe once, then attacks whole shards. An actor that dies (node lost, proce
 and its shard is redone, so no example is lost or counted twice; results come back in input order and
 equal a sequential :class:`~distat.attacks.runner.AttackRunner` run, because each example's RNG is
 seeded from its index.
+
+:meth:`AttackPool.stats` says where the work ran: examples attacked per Ray node, the live actors' node ids
+and process ids, and how many actors were replaced.
 """
 
 from __future__ import annotations
@@ -36,6 +39,12 @@ class _Actor:
     def pid(self) -> int:
         return os.getpid()
 
+    def where(self) -> dict[str, Any]:
+        """This actor's Ray node id and process id."""
+        import ray
+
+        return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+
     def attack(self, shard: list[Example]) -> list[AttackRecord]:
         return self.runner.run(shard)
 
@@ -60,10 +69,20 @@ class AttackPool:
         # the weights enter the object store once; every actor (and replacement) reads the same copy
         self._args = (job, model.config, ray.put(state_of(model)), tokenizer, gpus_per_actor > 0)
         self.actors = [self._spawn() for _ in range(self.n_actors)]
+        self._where = [a.where.remote() for a in self.actors]  # per slot: where its current actor runs
+        self._known: dict[int, dict[str, Any]] = {}  # per slot, once its actor finished a shard
+        self.examples_per_node: dict[str, int] = {}
         self.restarts = 0
 
     def _spawn(self) -> Any:
         return self._remote.remote(*self._args)
+
+    def stats(self) -> dict[str, Any]:
+        """Where the work ran so far: ``attack_nodes`` (examples attacked per Ray node id), ``attack_actors``
+        (node id and pid of each live actor that finished a shard) and ``actor_restarts``."""
+        return {"attack_nodes": dict(self.examples_per_node),
+                "attack_actors": [self._known[s] for s in sorted(self._known)],
+                "actor_restarts": self.restarts}
 
     def actor_pids(self) -> list[int]:
         return self._ray.get([a.pid.remote() for a in self.actors])
@@ -81,7 +100,7 @@ class AttackPool:
         while pending or in_flight:
             while pending and idle:
                 slot, shard = idle.pop(), pending.pop(0)
-                in_flight[self.actors[slot].attack.remote(shard)] = (slot, shard)
+                in_flight[self.actors[slot].attack.remote(shard)] = (slot, shard)  # after `where`: in order
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             ref = ready[0]
             slot, shard = in_flight.pop(ref)
@@ -95,6 +114,8 @@ class AttackPool:
                 log.warning("attack actor %d died (%s); replacing it and redoing its shard", slot,
                             type(e).__name__)
                 self.actors[slot] = self._spawn()
+                self._where[slot] = self.actors[slot].where.remote()
+                self._known.pop(slot, None)
                 pending.insert(0, shard)
                 idle.append(slot)
                 continue
@@ -102,6 +123,9 @@ class AttackPool:
                 if r.index in done:
                     raise RuntimeError(f"example {r.index} attacked twice")
                 done[r.index] = r
+            where = ray.get(self._where[slot])  # already resolved: the actor ran `where` before the shard
+            self._known[slot] = where
+            self.examples_per_node[where["node_id"]] = self.examples_per_node.get(where["node_id"], 0) + len(records)
             idle.append(slot)
             if progress is not None:
                 progress(len(done), len(examples))
@@ -111,6 +135,7 @@ class AttackPool:
         for a in self.actors:
             self._ray.kill(a)
         self.actors = []
+        self._known = {}
 
     def __enter__(self) -> AttackPool:
         return self

@@ -82,7 +82,9 @@ class AdaptiveAT(ATMethod):
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(grad)
             grad /= dist.get_world_size()
-        if self.cfg.w_lr > 0:
+        # a non-finite gradient (the loss overflowed: the loop stops the trial as diverged) leaves w as it was,
+        # on the simplex; projecting NaNs would crash the trial instead
+        if self.cfg.w_lr > 0 and bool(torch.isfinite(grad).all()):
             self.w = project_simplex(self.w + self.cfg.w_lr * grad)
         self.base.observe(batch, points[-1])
         return StepOutput(loss=loss.detach(), delta=delta.detach(), logs={"w_grad_norm": float(grad.norm())})
