@@ -173,8 +173,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if args.actors < 0:
         raise DistatError("--actors must be 0 (attack in this process) or more")
     for flag, target in (("--csv", args.csv), ("--export", args.export)):
-        if target and not Path(target).expanduser().resolve().parent.is_dir():
-            raise DistatError(f"{flag} {target}: folder {Path(target).expanduser().resolve().parent} does not exist")
+        # the folder is created when the file is written; refuse only what can never be written
+        if target and (Path(target).is_dir() or any(p.is_file() for p in Path(target).expanduser().resolve().parents)):
+            raise DistatError(f"{flag} {target}: not a writable file path (a folder, or below a file)")
     _check_attack_resources(resources.cache_dir(args.cache_dir), _overrides(args), args.recipe)
     paths = resources.resolve(resources.cache_dir(args.cache_dir), _overrides(args))
     ds = load_dataset(args.data, splits=[args.split])
