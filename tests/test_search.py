@@ -231,5 +231,7 @@ def test_driver_sigkill_then_resume_keeps_finished_trials(tmp_path, tiny_model_d
     kept = [c for c in children if c.info.status == "FINISHED"]
     assert sorted(c.data.tags["distat.trial_id"] for c in kept) == sorted(done)  # one finished run per trial
     stray = {c.data.tags["distat.trial_id"]: c for c in children if c not in kept}
-    assert set(stray) <= orphans and all(c.info.status == "KILLED" and "distat.stray" in c.data.tags
+    # a stray run belongs to a trial that never finished: set aside, or started by Tune (its MLflow run
+    # opened) before its trial folder existed when the driver died
+    assert not set(stray) & set(done) and all(c.info.status == "KILLED" and "distat.stray" in c.data.tags
                                           for c in stray.values())
