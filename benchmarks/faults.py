@@ -42,7 +42,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # faultkit: the fault injection the tests use
 
-from common import shared_data  # noqa: E402
+import helpers  # noqa: E402
 from faultkit import LocalCluster, finals, kill_group, optuna_history, pid_alive, start_driver, starts  # noqa: E402
 
 EPOCHS = 3
@@ -65,31 +65,12 @@ def tiny_model(path: Path) -> Path:
 
 
 def search_yaml(work: Path, backbone: Path, name: str, trials: int, seed: int) -> Path:
-    import yaml
-
-    cfg = {
-        "name": name,
+    """The tests' tiny search (tests/helpers.py), with more rows and epochs so that kills land mid-training."""
+    return helpers.search_yaml(work, backbone, name, trials, updates={
         "seed": seed,
-        "trial": {
-            "seed": 3,
-            "data": {"path": str(shared_data() / "sst2"), "max_train_examples": 480, "max_dev_examples": 24,
-                     "max_length": 32},
-            "model": {"backbone": str(backbone)},
-            "method": {"name": "pgd", "adv_steps": 1},
-            "train": {"epochs": EPOCHS, "batch_size": 16, "lr": 1e-3},
-        },
-        "attack": {"recipe": "pwws", "n": ATTACKED, "split": "dev", "actors": 1},
-        "search": {"num_samples": trials, "max_concurrent": 2},
-        "resources": {"num_workers": 1, "cpus_per_worker": 1},
-        "params": {
-            "method": {"choice": ["pgd", "adaptive_pgd"]},
-            "adv_lr": {"loguniform": [0.01, 0.1]},
-            "w_lr": {"choice": [0.1, 1.0], "when": {"method": ["adaptive_pgd"]}},
-        },
-    }
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+        "trial": {"data": {"max_train_examples": 480}, "train": {"epochs": EPOCHS}},
+        "attack": {"n": ATTACKED},
+    })
 
 
 class Injector:

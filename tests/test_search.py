@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from distat.cli import main
 
@@ -24,7 +23,7 @@ from faultkit import (
     starts,
     wait_for,
 )
-from helpers import free_port, search_yaml, shared_data_dir
+from helpers import free_port, search_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,26 +83,12 @@ def test_search_runs_trials_and_logs_parent_and_children(tmp_path, tiny_model_di
 
 
 def amda_yaml(tmp_path: Path, backbone: Path, name: str, num_samples: int) -> Path:
-    cfg = {
-        "name": name,
+    return search_yaml(tmp_path, backbone, name, num_samples, updates={
         "seed": 4,
-        "trial": {
-            "seed": 4,
-            "data": {"path": str(shared_data_dir() / "sst2"), "max_train_examples": 300, "max_dev_examples": 24,
-                     "max_length": 32},
-            "model": {"backbone": str(backbone)},
-            "method": {"name": "mixup", "mix_alpha": 2.0},
-            "train": {"epochs": 1, "batch_size": 16, "lr": 1e-3},
-            "augment": {"recipe": "pwws", "actors": 1, "max_modify_rate": 0.3},
-        },
-        "attack": {"recipe": "pwws", "n": 4, "split": "dev", "actors": 1, "static": True},
-        "search": {"num_samples": num_samples, "max_concurrent": 2},
-        "resources": {"num_workers": 1, "cpus_per_worker": 1},
-        "params": {"aug_ratio": {"choice": [0.1, 0.2]}, "mix_type": {"choice": ["tmix", "smix"]}},
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+        "trial": {"seed": 4, "data": {"max_train_examples": 300}, "method": {"name": "mixup", "mix_alpha": 2.0},
+                  "train": {"epochs": 1}, "augment": {"recipe": "pwws", "actors": 1, "max_modify_rate": 0.3}},
+        "attack": {"n": 4, "static": True},
+    }, params={"aug_ratio": {"choice": [0.1, 0.2]}, "mix_type": {"choice": ["tmix", "smix"]}})
 
 
 def test_amda_trials_share_one_pool_and_a_later_search_reuses_it(tmp_path, tiny_model_dir, attack_paths):
