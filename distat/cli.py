@@ -35,19 +35,16 @@ def _fmt(value: Any) -> str:
 def _prepare_ada(cfg: Any, out: Path, args: argparse.Namespace) -> Any:
     """ADA for `distat train`: victim and pool in the resource cache (``ada/``), attacks in this process or
     on a local Ray when ``augment.actors > 0``."""
-    from distat.attacks import resources
     from distat.augment.ada import Generator, prepare_trial
     from distat.augment.cache import FolderCache
 
-    cache = resources.cache_dir(args.cache_dir)
-    overrides = _overrides(args)
-    _check_attack_resources(cache, overrides, cfg.augment.recipe)
+    cache, paths = _attack_paths(args, cfg.augment.recipe)
     out.mkdir(parents=True, exist_ok=True)
     print(f"ADA: {cfg.augment.recipe} examples of {cfg.augment.ratio:.0%} of the training set "
           f"(pool cache {cache / 'ada'})", file=sys.stderr)
     ray = _init_ray(None) if cfg.augment.actors > 0 else None
     try:
-        cfg, info = prepare_trial(cfg, out, Generator(FolderCache(cache / "ada"), resources.resolve(cache, overrides)))
+        cfg, info = prepare_trial(cfg, out, Generator(FolderCache(cache / "ada"), paths))
     finally:
         if ray is not None:
             ray.shutdown()
@@ -101,12 +98,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     augment_fn, per_epoch = None, 0
     if cfg.augment is not None and cfg.augment.iterative_n > 0:
-        from distat.attacks import resources
         from distat.augment.ada import iterative_augmenter
 
-        cache = resources.cache_dir(args.cache_dir)
-        _check_attack_resources(cache, _overrides(args), cfg.augment.recipe)
-        paths = resources.resolve(cache, _overrides(args))
+        _, paths = _attack_paths(args, cfg.augment.recipe)
         augment_fn, per_epoch = iterative_augmenter(cfg, paths, out), cfg.augment.iterative_n
     result = run_trial(cfg, resume_from=resume_from, on_epoch_end=on_epoch_end, on_step=on_step, on_start=on_start,
                        augment_fn=augment_fn, augment_rows_per_epoch=per_epoch)
@@ -158,7 +152,6 @@ def cmd_resources(args: argparse.Namespace) -> int:
 def cmd_attack(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from distat.attacks import resources
     from distat.attacks.evaluate import robust_evaluate, select_examples
     from distat.attacks.metrics import export_adversarial_tsv, write_records_csv
     from distat.attacks.recipes import RECIPES, AttackOptions
@@ -176,8 +169,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         # the folder is created when the file is written; refuse only what can never be written
         if target and (Path(target).is_dir() or any(p.is_file() for p in Path(target).expanduser().resolve().parents)):
             raise DistatError(f"{flag} {target}: not a writable file path (a folder, or below a file)")
-    _check_attack_resources(resources.cache_dir(args.cache_dir), _overrides(args), args.recipe)
-    paths = resources.resolve(resources.cache_dir(args.cache_dir), _overrides(args))
+    _, paths = _attack_paths(args, args.recipe)
     ds = load_dataset(args.data, splits=[args.split])
     split = ds.split(args.split)
     model_dir = resolve_backbone(args.model)
@@ -418,6 +410,16 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         raise DistatError(f"{search_dir}: no finished trial yet")
     _print_front(points, write_artifacts(points, search_dir / "pareto"), spec["tracking_uri"])
     return 0
+
+
+def _attack_paths(args: argparse.Namespace, recipe: str) -> tuple[Path, Any]:
+    """The resource cache of ``--cache-dir`` and its resolved paths (``--resource`` overrides applied),
+    after checking that ``recipe`` finds everything it needs there."""
+    from distat.attacks import resources
+
+    cache, overrides = resources.cache_dir(args.cache_dir), _overrides(args)
+    _check_attack_resources(cache, overrides, recipe)
+    return cache, resources.resolve(cache, overrides)
 
 
 def _check_attack_resources(cache: Path, overrides: dict[str, str], recipe: str) -> None:
