@@ -239,6 +239,10 @@ def _init_ray(address: str | None) -> Any:
         where = f"at {address}" if address else "(local)"
         raise DistatError(f"cannot start or reach the Ray cluster {where}: {type(e).__name__}: "
                           f"{(str(e).strip().splitlines() or [''])[0][:200]}") from None
+    if address:
+        from distat.search.leaks import release_leaked
+
+        release_leaked()  # CPUs/GPUs a killed driver's job leaked would stall this search (see leaks.py)
     return ray
 
 
@@ -331,6 +335,18 @@ def _warn_credentials(uri: str) -> None:
               "the search folder: prefer MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD", file=sys.stderr)
 
 
+def _stopped_early(grid: Any, num_samples: int) -> bool:
+    """Whether Tune returned before the search's end: it catches Ctrl-C (SIGINT) itself, saves its state and
+    returns normally, leaving trials unfinished or unstarted."""
+    return len(grid) < num_samples or grid.num_terminated + grid.num_errors < len(grid)
+
+
+def _interrupted(search_dir: Path) -> int:
+    print(f"distat: interrupted; finished trials and checkpoints are kept: continue with `distat resume "
+          f"{search_dir}`", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from distat.attacks import resources
     from distat.search.space import describe, load_search_config
@@ -354,8 +370,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         Tracker(uri, scfg.name, storage / scfg.name)  # the experiment and the parent run
         _warn_credentials(uri)
         print(describe(scfg), file=sys.stderr)
-        start_search(scfg, storage=storage, tracking_uri=uri, cache_dir=cache, resource_overrides=overrides,
-                     callbacks=[_progress_callback(scfg.search.num_samples)])
+        grid = start_search(scfg, storage=storage, tracking_uri=uri, cache_dir=cache, resource_overrides=overrides,
+                            callbacks=[_progress_callback(scfg.search.num_samples)])
+        if _stopped_early(grid, scfg.search.num_samples):
+            return _interrupted(storage / scfg.name)
         points, files = finish_search(scfg, storage / scfg.name, uri)
     finally:
         ray.shutdown()
@@ -391,7 +409,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
             print(f"distat resume: {search_dir} has no Tune experiment state (the driver stopped before Tune "
                   f"saved any): starting the search afresh in place"
                   + (f", removed {len(gone)} unfinished trial folder(s)" if gone else ""), file=sys.stderr)
-        resume_search(search_dir, callbacks=[_progress_callback(scfg.search.num_samples)])
+        grid = resume_search(search_dir, callbacks=[_progress_callback(scfg.search.num_samples)])
+        if _stopped_early(grid, scfg.search.num_samples):
+            return _interrupted(search_dir)
         points, files = finish_search(scfg, search_dir, uri)
     finally:
         ray.shutdown()

@@ -220,3 +220,27 @@ def test_driver_sigkill_then_resume_keeps_finished_trials(tmp_path, tiny_model_d
     # opened) before its trial folder existed when the driver died
     assert not set(stray) & set(done) and all(c.info.status == "KILLED" and "distat.stray" in c.data.tags
                                           for c in stray.values())
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_search_with_exit_130_and_a_resume_hint(tmp_path, tiny_model_dir, attack_paths, ray_nodes):
+    """Tune catches SIGINT itself, saves its state and returns as if the search were over: distat must still
+    say it was interrupted (exit 130, the resume command), not print a front of a half-done search."""
+    import signal
+
+    spec = search_yaml(tmp_path, tiny_model_dir, "stopped")
+    search_dir = tmp_path / "searches" / "stopped"
+    log = tmp_path / "driver.log"
+    driver = start_driver(["search", str(spec), "--address", ray_nodes.address, "--storage", str(search_dir.parent),
+                           "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], tmp_path, ray_nodes.env(), log)
+    try:
+        wait_for(lambda: list(search_dir.glob("trials/*/train_starts.jsonl")), 300, "a trial's training",
+                 alive=driver)
+        driver.send_signal(signal.SIGINT)
+        rc = driver.wait(timeout=180)
+    finally:
+        kill_group(driver)
+    text = log.read_text()
+    assert rc == 130, text[-3000:]
+    assert f"distat resume {search_dir}" in text
+    assert "Pareto front" not in text and len(finals(search_dir)) < 4

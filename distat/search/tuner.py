@@ -319,12 +319,13 @@ def _searcher(scfg: Any, points_to_evaluate: list[dict[str, Any]] | None = None)
 def _run_config(scfg: Any, paths: SearchPaths, tracking_uri: str, callbacks: list[Any]) -> Any:
     from ray import tune
 
+    from distat.search.leaks import LeakSweeper
     from distat.tracking.mlflow import MLflowTrialCallback
 
     return tune.RunConfig(
         name=paths.name, storage_path=str(paths.storage.resolve()),
         callbacks=[MLflowTrialCallback(tracking_uri, scfg.name, paths.search_dir, uri_file=paths.search_dir / STATE_FILE),
-                   *callbacks],
+                   LeakSweeper(), *callbacks],
         failure_config=tune.FailureConfig(max_failures=1), verbose=0,
     )
 
