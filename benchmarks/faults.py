@@ -100,7 +100,7 @@ class Injector:
 
 
 def drive(cluster: LocalCluster, work: Path, args: list[str], log: Path, poll: Any, kill_after: float | None,
-          timeout: float = 1800) -> tuple[int | None, float]:
+          timeout: float = 600) -> tuple[int | None, float]:
     """Run ``distat <args>``, polling ``poll``; SIGKILL it ``kill_after`` seconds in. Returns (exit status or
     None when killed, wall time)."""
     t0 = time.monotonic()
