@@ -24,8 +24,9 @@ Counted over all searches (the target: every search completes, nothing lost, not
 
     .venv/bin/python benchmarks/faults.py [--driver-kills 20] [--quick] [--seed 0]
 
-``--quick``: 2 trials per search instead of 4. Needs the offline resources (`distat resources build`; PWWS
-only uses WordNet). The last line is JSON.
+``--quick``: 2 trials per search, one at a time (so kills in the second half find a finished trial), instead of
+4 two at a time. Needs the offline resources (`distat resources build`; PWWS only uses WordNet). The last line
+is JSON.
 """
 
 from __future__ import annotations
@@ -65,9 +66,11 @@ def tiny_model(path: Path) -> Path:
 
 
 def search_yaml(work: Path, backbone: Path, name: str, trials: int, seed: int) -> Path:
-    """The tests' tiny search (tests/helpers.py), with more rows and epochs so that kills land mid-training."""
+    """The tests' tiny search (tests/helpers.py), with more rows and epochs so that kills land mid-training.
+    2 trials run one at a time (so that some kills come after a finished trial), 4 two at a time."""
     return helpers.search_yaml(work, backbone, name, trials, updates={
         "seed": seed,
+        "search": {"max_concurrent": 1 if trials <= 2 else 2},
         "trial": {"data": {"max_train_examples": 480}, "train": {"epochs": EPOCHS}},
         "attack": {"n": ATTACKED},
     })
@@ -169,7 +172,7 @@ def recovered(search_dir: Path, injector: Injector) -> tuple[bool | None, bool |
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--driver-kills", type=int, default=20, help="searches whose driver is SIGKILLed")
-    parser.add_argument("--quick", action="store_true", help="2 trials per search instead of 4")
+    parser.add_argument("--quick", action="store_true", help="2 trials per search, one at a time, instead of 4")
     parser.add_argument("--seed", type=int, default=0, help="draws the kill moments and the searches' seeds")
     args = parser.parse_args()
     trials = 2 if args.quick else 4
@@ -179,7 +182,8 @@ def main() -> int:
     backbone = tiny_model(work / "tiny_bert")
     totals = {"driver_kills": 0, "searches_completed": 0, "completed_trials_lost": 0, "duplicate_trials": 0,
               "orphaned_trials": 0, "optuna_mismatches": 0, "worker_kills": 0, "worker_kills_recovered": 0,
-              "actor_kills": 0, "actor_kills_recovered": 0, "searches_started_again": 0}
+              "actor_kills": 0, "actor_kills_recovered": 0, "searches_started_again": 0,
+              "kills_after_a_finished_trial": 0}
     failures: list[str] = []
     t_start = time.monotonic()
     with LocalCluster({"head": 1, "worker": 1}) as cluster:
@@ -211,6 +215,7 @@ def main() -> int:
             while any(pid_alive(p) and cluster.owns(p) for p in trial_pids(search_dir)) and time.monotonic() < deadline:
                 time.sleep(0.2)
             finished_at_kill = {p.parent.name: p.stat().st_mtime_ns for p in search_dir.glob("trials/*/final.json")}
+            totals["kills_after_a_finished_trial"] += int(bool(finished_at_kill))
             if (search_dir / "distat_search.json").is_file():
                 again = ["resume", str(search_dir), "--address", cluster.address]
             else:  # killed before the search wrote anything: there is nothing to resume, a user starts it again

@@ -82,6 +82,36 @@ def test_search_runs_trials_and_logs_parent_and_children(tmp_path, tiny_model_di
     assert "Pareto front" in capsys.readouterr().out
 
 
+def test_without_actors_each_trial_attacks_in_its_train_worker(tmp_path, tiny_model_dir, attack_paths, capsys):
+    """attack.actors 0: the rank-0 Train worker attacks its own model right after training, and the result is
+    the evaluation an ordinary in-process attack of the trial's checkpoint gives."""
+    from distat.attacks import resources
+    from distat.search.space import load_search_config
+    from distat.search.tuner import _robust_eval
+
+    spec = search_yaml(tmp_path, tiny_model_dir, "noactors", num_samples=2,
+                       updates={"attack": {"actors": 0, "n": 4}})
+    storage = tmp_path / "searches"
+    assert main(["search", str(spec), "--storage", str(storage), "--tracking-uri",
+                 f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 0
+    assert "rank-0 Train worker" in capsys.readouterr().err
+    search_dir = storage / "noactors"
+    done = finals(search_dir)
+    assert len(done) == 2
+    scfg = load_search_config(spec)
+    for trial_id, final in done.items():
+        trial_dir = search_dir / "trials" / trial_id
+        where = final["placement"]["attack_in_train_worker"]
+        assert where["pid"] == starts(trial_dir)[-1]["pid"]  # the worker that trained attacked
+        assert final["metrics"]["time_attack_s"] > 0
+        checkpoint = Path(json.loads((trial_dir / "train_result.json").read_text())["checkpoint"])
+        (tmp_path / trial_id).mkdir()
+        again = _robust_eval(scfg, {"cache_dir": str(resources.cache_dir())}, checkpoint, tmp_path / trial_id)
+        for key in ("robust_acc", "attack_success_rate", "attack_clean_acc", "avg_queries"):
+            assert final["metrics"][key] == pytest.approx(again[key]), key
+        assert (trial_dir / "attack.csv").read_text() == (tmp_path / trial_id / "attack.csv").read_text()
+
+
 def amda_yaml(tmp_path: Path, backbone: Path, name: str, num_samples: int) -> Path:
     return search_yaml(tmp_path, backbone, name, num_samples, updates={
         "seed": 4,

@@ -36,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -454,6 +455,14 @@ def import_textattack(nltk_root: Path, ta_cache: Path | None = None) -> ModuleTy
     If the default folder is not writable, the marker goes into ``ta_cache`` and the libraries that freeze
     cache paths are imported first, then the variables are restored.
     """
+    with _IMPORT_LOCK:  # a background preload (distat.search.tuner) and the attack may both ask
+        return _import_textattack(nltk_root, ta_cache)
+
+
+_IMPORT_LOCK = threading.Lock()
+
+
+def _import_textattack(nltk_root: Path, ta_cache: Path | None) -> ModuleType:
     configure_nltk(nltk_root)
     _install_offline_nltk_download()
     if "textattack" in sys.modules:

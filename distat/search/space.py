@@ -818,7 +818,7 @@ def describe(cfg: SearchConfig) -> str:
         gpu = f" + {_fmt(a.gpus_per_actor)} GPU" if a.gpus_per_actor else ""
         where = f"{a.actors} actor(s) × {_fmt(a.cpus_per_actor)} CPU{gpu}"
     else:
-        where = "inside each trial"
+        where = "in each trial's rank-0 Train worker, after training"
     gpu = f" + {_fmt(r.gpus)} GPU" if r.use_gpu else ", no GPU"
     width = max(len(n) for n in cfg.params)
     return "\n".join([

@@ -65,6 +65,9 @@ def _train_worker(config: dict[str, Any]) -> None:
 
         paths = resources.resolve(Path(config["cache_dir"]), config.get("resource_overrides"))
         augment_fn, per_epoch = iterative_augmenter(cfg, paths, out), cfg.augment.iterative_n
+    search = config.get("attack_in_worker")  # the search config when rank 0 attacks here (see _attacks_in_worker)
+    if search is not None and rank == 0:
+        _preload_textattack(Path(config["cache_dir"]), config.get("resource_overrides"))
     t0 = time.perf_counter()
     result = run_trial(cfg, out, resume_from=resume, on_epoch_end=on_epoch_end,
                        device=ray.train.torch.get_device(), augment_fn=augment_fn, augment_rows_per_epoch=per_epoch)
@@ -72,7 +75,38 @@ def _train_worker(config: dict[str, Any]) -> None:
         summary = {"loop_s": time.perf_counter() - t0, "metrics": result.metrics, "diverged": result.diverged, "history": result.history,
                    "checkpoint": str(result.checkpoint) if result.checkpoint else None,
                    "resumed_from_epoch": workers[0]["resume_epoch"], "workers": workers}
+        if search is not None and result.checkpoint and not result.diverged:
+            from distat.search.space import SearchConfig
+
+            t1 = time.perf_counter()
+            summary["robust"] = _robust_eval(SearchConfig.model_validate(search), config, result.checkpoint, out,
+                                             device=ray.train.torch.get_device())
+            summary["attack_s"] = time.perf_counter() - t1
+            summary["attack_where"] = {"pid": os.getpid(), "node_id": workers[0]["node_id"]}
         _write_json(out / "train_result.json", summary)
+
+
+def _attacks_in_worker(scfg: Any) -> bool:
+    """Without attack actors, a trial's robust evaluation runs in its rank-0 Ray Train worker right after
+    training: on the CPUs/GPU the trial already holds, with no actor to start and no model to ship, and with
+    textattack imported while training runs. The static set (an ADA victim's attacks) stays with the trial,
+    which may need a victim trained as a Ray task: not from inside a worker holding the trial's CPUs."""
+    return scfg.attack.actors == 0 and not scfg.attack.static
+
+
+def _preload_textattack(cache: Path, overrides: dict[str, str] | None) -> None:
+    """Import textattack (~6 s on these CPUs) in a background thread, overlapping the training loop."""
+    import threading
+
+    from distat.attacks import resources
+
+    def run() -> None:
+        try:
+            resources.import_textattack(resources.resolve(cache, overrides).wordnet)
+        except Exception as e:  # noqa: BLE001 - the evaluation imports it again and reports what fails
+            log.debug("textattack preload failed: %s", e)
+
+    threading.Thread(target=run, name="distat-preload-textattack", daemon=True).start()
 
 
 def _announce_worker(out: Path, rank: int, resume: Path | None) -> list[dict[str, Any]]:
@@ -120,10 +154,13 @@ def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     params = {k: config[k] for k in param_names(scfg) if k in config}
     tcfg = apply_params(scfg, params, str(out))
     ada: dict[str, Any] = {}
+    t_ada = 0.0
     if tcfg.augment is not None and tcfg.augment.ratio > 0:
         from distat.augment.ada import prepare_trial
 
+        t0 = time.perf_counter()
         tcfg, ada = prepare_trial(tcfg, out, _generator(spec, scfg))
+        t_ada = time.perf_counter() - t0  # the victim and the pool: built, waited for, or read from the cache
     res = scfg.resources
     per_worker = {"CPU": res.cpus_per_worker}
     if res.use_gpu:
@@ -131,7 +168,8 @@ def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"trial": tcfg.model_dump(mode="json"), "output_dir": str(out),
-                           "cache_dir": spec["cache_dir"], "resource_overrides": spec.get("resource_overrides")},
+                           "cache_dir": spec["cache_dir"], "resource_overrides": spec.get("resource_overrides"),
+                           "attack_in_worker": spec["search"] if _attacks_in_worker(scfg) else None},
         scaling_config=ray.train.ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
@@ -157,11 +195,17 @@ def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     placement: dict[str, Any] = {"train_workers": summary.get("workers", []), "train_starts": _starts(out)}
     if summary["diverged"] or not summary["checkpoint"]:
         final.update({"diverged": 1.0, "robust_acc": 0.0, "clean_acc": float(train_metrics.get("clean_acc", 0.0))})
+    elif "robust" in summary:  # attacked in the rank-0 Train worker
+        final.update(summary["robust"])
+        final["time_attack_s"] = float(summary["attack_s"])
+        placement["attack_in_train_worker"] = summary["attack_where"]
     else:
         t_eval = time.perf_counter()
         final.update(_robust_eval(scfg, spec, Path(summary["checkpoint"]), out, where=placement))
         final["time_attack_s"] = time.perf_counter() - t_eval
     final["time_train_s"] = t_fit
+    if ada:
+        final["time_ada_s"] = t_ada
     final["time_train_loop_s"] = float(summary.get("loop_s", 0.0))
     _write_json(out / FINAL_FILE, {"trial_id": trial_id, "params": params, "metrics": final,
                                    "train": train_metrics, "ada_pool": ada.get("ada_pool"),
@@ -184,10 +228,11 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _robust_eval(scfg: Any, spec: dict[str, Any], checkpoint: Path, out: Path,
-                 where: dict[str, Any] | None = None) -> dict[str, float]:
+                 where: dict[str, Any] | None = None, device: Any = None) -> dict[str, float]:
     """Robust metrics of ``checkpoint`` on the search's attacked dev subset; every attacked example goes to
     ``out/attack.csv``. With attack actors, ``out/attack_progress.json`` follows the evaluation (examples
-    done, the actors' nodes and pids, actors replaced) and ``where`` receives the same at the end."""
+    done, the actors' nodes and pids, actors replaced) and ``where`` receives the same at the end. Without
+    actors the model is attacked in this process, on ``device`` (default CPU)."""
     from distat.attacks import resources
     from distat.attacks.evaluate import robust_evaluate, select_examples
     from distat.attacks.metrics import summarize as summarize_records
@@ -203,6 +248,8 @@ def _robust_eval(scfg: Any, spec: dict[str, Any], checkpoint: Path, out: Path,
     ds = load_dataset(tcfg.data.path, splits=[att.split], text_fields=tcfg.data.text_fields)
     examples = select_examples(ds.split(att.split), att.n, seed=scfg.seed)
     model = load_classifier(checkpoint, ds.num_labels, tcfg.model.trust_remote_code).eval()
+    if device is not None and att.actors == 0:
+        model = model.to(device)
     tokenizer = load_tokenizer(checkpoint, tcfg.model.trust_remote_code)
     paths = resources.resolve(Path(spec["cache_dir"]), spec.get("resource_overrides"))
     job = AttackJob(recipe=att.recipe, resources=paths, options=att.options.to_options(),
