@@ -320,9 +320,9 @@ def check_resumable(path: Path, cfg: TrialConfig) -> None:
                          f"{cfg.method.label!r}: resume with the same method, or pass --overwrite to start over")
 
 
-def load_checkpoint(path: Path, parts: _Parts, opt, sched, cfg: TrialConfig) -> tuple[int, list[dict[str, float]]]:
-    """Restore everything ``save_checkpoint`` wrote; returns (epoch, history)."""
-    check_resumable(path, cfg)
+def load_checkpoint(path: Path, parts: _Parts, opt, sched) -> tuple[int, list[dict[str, float]]]:
+    """Restore everything ``save_checkpoint`` wrote; returns (epoch, history). The caller has checked the
+    checkpoint with :func:`check_resumable` (backbone and method) before building the model."""
     meta = checkpoint_meta(path)
     if meta and meta.get("num_labels") != parts.module.config.num_labels:
         raise ModelError(f"checkpoint {path} was trained with {meta.get('num_labels')} labels; this data has "
@@ -397,7 +397,7 @@ def run_trial(
 
     start_epoch, history = 0, []
     if resume_from is not None:
-        start_epoch, history = load_checkpoint(Path(resume_from), parts, opt, sched, cfg)
+        start_epoch, history = load_checkpoint(Path(resume_from), parts, opt, sched)
         log.info("resumed from %s (epoch %d)", resume_from, start_epoch)
     else:
         seed_everything(cfg.seed + 1)  # the step RNG stream: the same whether or not setup consumed RNG
