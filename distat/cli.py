@@ -382,15 +382,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from distat.search.tuner import (
-        check_cluster_fits,
-        discard_unfinished_trials,
-        finish_search,
-        load_state,
-        resume_plan,
-        resume_search,
-        update_state,
-    )
+    from distat.search.tuner import check_cluster_fits, finish_search, load_state, resume_search, update_state
     from distat.tracking.mlflow import check_reachable
 
     search_dir = _fs_path(args.search_dir, "search folder").resolve()
@@ -404,12 +396,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
     try:
         check_cluster_fits(scfg, wait_s=_JOIN_GRACE_S if args.address else 0.0)
         update_state(search_dir, tracking_uri=uri, cache_dir=cache_dir)  # the trials and the MLflow callback read it
-        if resume_plan(search_dir) == "restart":
-            gone = discard_unfinished_trials(search_dir)
+
+        def restarting(gone: list[str]) -> None:
             print(f"distat resume: {search_dir} has no Tune experiment state (the driver stopped before Tune "
                   f"saved any): starting the search afresh in place"
                   + (f", removed {len(gone)} unfinished trial folder(s)" if gone else ""), file=sys.stderr)
-        grid = resume_search(search_dir, callbacks=[_progress_callback(scfg.search.num_samples)])
+
+        grid = resume_search(search_dir, callbacks=[_progress_callback(scfg.search.num_samples)],
+                             on_restart=restarting)
         if _stopped_early(grid, scfg.search.num_samples):
             return _interrupted(search_dir)
         points, files = finish_search(scfg, search_dir, uri)

@@ -474,7 +474,9 @@ def test_resume_without_tune_state_runs_the_saved_search_in_place(search_dir, mo
     moved = search_dir.parent.parent / "moved" / "s"  # the folder was moved: the trials must go where it is now
     moved.parent.mkdir()
     search_dir.rename(moved)
-    tuner.resume_search(moved, callbacks=["progress"])
+    removed: list[list[str]] = []
+    tuner.resume_search(moved, callbacks=["progress"], on_restart=removed.append)
+    assert removed == [["b"]]  # the caller hears which unfinished trials were dropped
     assert started["name"] == "s" and (started["storage"], started["experiment"]) == (moved.parent, "s")
     assert started["spec"]["search_dir"] == str(moved) and started["callbacks"] == ["progress"]
     assert tuner.load_state(moved)[0]["search_dir"] == str(moved)

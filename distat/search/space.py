@@ -415,6 +415,14 @@ class AttackSettings(_Strict):
     # AMDA's Table 1), logged as static_robust_acc next to the targeted robust_acc
     static: StrictBool = False
 
+    @property
+    def in_train_worker(self) -> bool:
+        """Without actors, a trial's robust evaluation runs in its rank-0 Ray Train worker right after
+        training: on the CPUs/GPU the trial already holds, with no actor to start and no model to ship. The
+        static set (an ADA victim's attacks) keeps the evaluation in the trial, which may train a victim as a
+        Ray task: not from inside a worker holding the trial's CPUs."""
+        return self.actors == 0 and not self.static
+
     @field_validator("recipe")
     @classmethod
     def _recipe(cls, value: str) -> str:
@@ -817,8 +825,10 @@ def describe(cfg: SearchConfig) -> str:
     if a.actors:
         gpu = f" + {_fmt(a.gpus_per_actor)} GPU" if a.gpus_per_actor else ""
         where = f"{a.actors} actor(s) × {_fmt(a.cpus_per_actor)} CPU{gpu}"
-    else:
+    elif a.in_train_worker:
         where = "in each trial's rank-0 Train worker, after training"
+    else:
+        where = "in each trial, after training"
     gpu = f" + {_fmt(r.gpus)} GPU" if r.use_gpu else ", no GPU"
     width = max(len(n) for n in cfg.params)
     return "\n".join([

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,12 +66,14 @@ def _train_worker(config: dict[str, Any]) -> None:
 
         paths = resources.resolve(Path(config["cache_dir"]), config.get("resource_overrides"))
         augment_fn, per_epoch = iterative_augmenter(cfg, paths, out), cfg.augment.iterative_n
-    search = config.get("attack_in_worker")  # the search config when rank 0 attacks here (see _attacks_in_worker)
+    # the search config when rank 0 attacks here (AttackSettings.in_train_worker), textattack imported meanwhile
+    search = config.get("attack_in_worker")
     if search is not None and rank == 0:
         _preload_textattack(Path(config["cache_dir"]), config.get("resource_overrides"))
+    device = ray.train.torch.get_device()
     t0 = time.perf_counter()
     result = run_trial(cfg, out, resume_from=resume, on_epoch_end=on_epoch_end,
-                       device=ray.train.torch.get_device(), augment_fn=augment_fn, augment_rows_per_epoch=per_epoch)
+                       device=device, augment_fn=augment_fn, augment_rows_per_epoch=per_epoch)
     if rank == 0:
         summary = {"loop_s": time.perf_counter() - t0, "metrics": result.metrics, "diverged": result.diverged, "history": result.history,
                    "checkpoint": str(result.checkpoint) if result.checkpoint else None,
@@ -80,18 +83,10 @@ def _train_worker(config: dict[str, Any]) -> None:
 
             t1 = time.perf_counter()
             summary["robust"] = _robust_eval(SearchConfig.model_validate(search), config, result.checkpoint, out,
-                                             device=ray.train.torch.get_device())
+                                             device=device)
             summary["attack_s"] = time.perf_counter() - t1
             summary["attack_where"] = {"pid": os.getpid(), "node_id": workers[0]["node_id"]}
         _write_json(out / "train_result.json", summary)
-
-
-def _attacks_in_worker(scfg: Any) -> bool:
-    """Without attack actors, a trial's robust evaluation runs in its rank-0 Ray Train worker right after
-    training: on the CPUs/GPU the trial already holds, with no actor to start and no model to ship, and with
-    textattack imported while training runs. The static set (an ADA victim's attacks) stays with the trial,
-    which may need a victim trained as a Ray task: not from inside a worker holding the trial's CPUs."""
-    return scfg.attack.actors == 0 and not scfg.attack.static
 
 
 def _preload_textattack(cache: Path, overrides: dict[str, str] | None) -> None:
@@ -169,7 +164,7 @@ def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
         _train_worker,
         train_loop_config={"trial": tcfg.model_dump(mode="json"), "output_dir": str(out),
                            "cache_dir": spec["cache_dir"], "resource_overrides": spec.get("resource_overrides"),
-                           "attack_in_worker": spec["search"] if _attacks_in_worker(scfg) else None},
+                           "attack_in_worker": spec["search"] if scfg.attack.in_train_worker else None},
         scaling_config=ray.train.ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
@@ -451,7 +446,7 @@ def update_state(search_dir: Path, /, **changes: Any) -> dict[str, Any]:
 
 def resume_plan(search_dir: Path) -> str:
     """``"restore"`` when Tune saved its experiment state (``Tuner.restore`` continues it), ``"restart"`` when
-    the driver died before that: the search then starts afresh in the same folder (:func:`restart_search`)."""
+    the driver died before that: the search then starts afresh in the same folder (:func:`resume_search`)."""
     from ray import tune
 
     return "restore" if tune.Tuner.can_restore(str(search_dir)) else "restart"
@@ -472,7 +467,8 @@ def discard_unfinished_trials(search_dir: Path) -> list[str]:
     return removed
 
 
-def resume_search(search_dir: Path, callbacks: list[Any] = ()) -> Any:
+def resume_search(search_dir: Path, callbacks: list[Any] = (),
+                  on_restart: Callable[[list[str]], None] | None = None) -> Any:
     """Restore a search from its directory after the driver stopped (even SIGKILL) and run it to the end.
 
     Completed trials are kept (not re-run); the Optuna searcher's state comes back from Tune's experiment
@@ -482,13 +478,16 @@ def resume_search(search_dir: Path, callbacks: list[Any] = ()) -> Any:
     ``distat_search.json`` and finds its runs by tag).
 
     If the driver died before Tune saved anything (see :func:`resume_plan`), the search starts afresh in
-    place with the saved spec; ``callbacks`` are used then only (a restored run keeps its own).
+    place with the saved spec, after its unfinished trial folders are removed (``on_restart`` gets their
+    names); ``callbacks`` are used then only (a restored run keeps its own).
     """
     from ray import tune
 
     spec, scfg = load_state(search_dir)
     if resume_plan(search_dir) == "restart":
-        discard_unfinished_trials(search_dir)
+        gone = discard_unfinished_trials(search_dir)
+        if on_restart is not None:
+            on_restart(gone)
         spec = update_state(search_dir, search_dir=str(search_dir))
         return _fit_new(scfg, spec, SearchPaths(storage=search_dir.parent, name=search_dir.name), callbacks)
     set_aside_unknown_trials(search_dir)
