@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # faultkit: the fault injection the tests use
 
 import helpers  # noqa: E402
-from faultkit import LocalCluster, finals, kill_group, optuna_history, pid_alive, start_driver, starts  # noqa: E402
+from faultkit import LocalCluster, drive, finals, optuna_history, pid_alive, starts, trial_pids  # noqa: E402
 
 EPOCHS = 3
 ATTACKED = 8
@@ -100,35 +100,6 @@ class Injector:
                     pid = state["attack_actors"][0]["pid"]
                     if self.cluster.kill(pid):
                         self.actor = {"trial": trial.name, "pid": pid}
-
-
-def drive(cluster: LocalCluster, work: Path, args: list[str], log: Path, poll: Any, kill_after: float | None,
-          timeout: float = 600) -> tuple[int | None, float]:
-    """Run ``distat <args>``, polling ``poll``; SIGKILL it ``kill_after`` seconds in. Returns (exit status or
-    None when killed, wall time)."""
-    t0 = time.monotonic()
-    driver = start_driver(args, work, cluster.env(), log)
-    while driver.poll() is None:
-        now = time.monotonic() - t0
-        if kill_after is not None and now >= kill_after:
-            kill_group(driver)
-            return None, now
-        if now > timeout:
-            kill_group(driver)
-            return -1, now
-        poll()
-        time.sleep(0.05)
-    return driver.returncode, time.monotonic() - t0
-
-
-def trial_pids(search_dir: Path) -> set[int]:
-    pids = {s["pid"] for t in search_dir.glob("trials/*") for s in starts(t)}
-    for progress in search_dir.glob("trials/*/attack_progress.json"):
-        try:
-            pids |= {a["pid"] for a in json.loads(progress.read_text()).get("attack_actors", [])}
-        except ValueError:
-            continue
-    return pids
 
 
 def check(search_dir: Path, trials: int, finished_at_kill: dict[str, int], uri: str, name: str) -> dict[str, Any]:
@@ -189,9 +160,8 @@ def main() -> int:
     with LocalCluster({"head": 1, "worker": 1}) as cluster:
         storage = work / "searches"
         base = search_yaml(work, backbone, "baseline", trials, seed=args.seed)
-        rc, baseline_s = drive(cluster, work, ["search", str(base), "--address", cluster.address, "--storage",
-                                               str(storage), "--tracking-uri", uri], work / "baseline.log",
-                               lambda: None, None)
+        rc, baseline_s = drive(["search", str(base), "--address", cluster.address, "--storage", str(storage),
+                                "--tracking-uri", uri], work, cluster.env(), work / "baseline.log")
         if rc != 0:
             print((work / "baseline.log").read_text()[-3000:], file=sys.stderr)
             raise SystemExit(f"the undisturbed search failed ({rc}); see {work}")
@@ -205,8 +175,8 @@ def main() -> int:
             log = work / f"{name}.log"
             inject = Injector(cluster, search_dir)
             kill_at = rng.uniform(1.0, 0.9 * baseline_s)
-            rc, t = drive(cluster, work, ["search", str(spec), "--address", cluster.address, "--storage",
-                                          str(storage), "--tracking-uri", uri], log, inject, kill_at)
+            rc, t = drive(["search", str(spec), "--address", cluster.address, "--storage", str(storage),
+                           "--tracking-uri", uri], work, cluster.env(), log, inject, kill_at)
             if rc is not None:  # it ended before the kill: not a driver kill
                 print(f"{name}: finished ({rc}) before the kill at {kill_at:.1f} s", file=sys.stderr)
                 continue
@@ -222,7 +192,7 @@ def main() -> int:
                 again = ["search", str(spec), "--address", cluster.address, "--storage", str(storage),
                          "--tracking-uri", uri]
                 totals["searches_started_again"] += 1
-            rc, t_resume = drive(cluster, work, again, log, inject, None)
+            rc, t_resume = drive(again, work, cluster.env(), log, inject)
             line = f"{name}: driver killed at {t:.1f} s with {len(finished_at_kill)} trial(s) finished; " \
                    f"{again[0]} exit {rc} in {t_resume:.1f} s"
             if rc == 0:

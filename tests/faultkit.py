@@ -21,14 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from helpers import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, poll: float = 0.2,
@@ -196,6 +192,31 @@ def start_driver(args: list[str], cwd: Path, env: dict[str, str], log: Path) -> 
                             start_new_session=True)
 
 
+def drive(args: list[str], cwd: Path, env: dict[str, str], log: Path, poll: Callable[[], Any] | None = None,
+          kill_after: float | None = None, timeout: float = 600) -> tuple[int | None, float]:
+    """Run ``distat <args>`` as its own process group (output appended to ``log``), calling ``poll()`` every
+    50 ms; SIGKILL it ``kill_after`` seconds in. Returns (its exit status, None when killed at ``kill_after``
+    or -1 when it ran past ``timeout`` seconds and was killed; its wall time)."""
+    t0 = time.monotonic()
+    driver = start_driver(args, cwd, env, log)
+    try:
+        while driver.poll() is None:
+            now = time.monotonic() - t0
+            if kill_after is not None and now >= kill_after:
+                kill_group(driver)
+                return None, now
+            if now > timeout:
+                kill_group(driver)
+                return -1, now
+            if poll is not None:
+                poll()
+            time.sleep(0.05)
+    finally:
+        if driver.poll() is None:  # poll() raised
+            kill_group(driver)
+    return driver.returncode, time.monotonic() - t0
+
+
 def kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL a process group started with ``start_new_session`` (a driver: not a cluster)."""
     try:
@@ -220,6 +241,17 @@ def pid_alive(pid: int) -> bool:
 def finals(search_dir: Path) -> dict[str, dict[str, Any]]:
     """trial id -> final.json of every finished trial."""
     return {p.parent.name: json.loads(p.read_text()) for p in sorted(search_dir.glob("trials/*/final.json"))}
+
+
+def trial_pids(search_dir: Path) -> set[int]:
+    """Every process a trial of this search ran in: Train workers and attack actors."""
+    pids = {s["pid"] for t in search_dir.glob("trials/*") for s in starts(t)}
+    for progress in search_dir.glob("trials/*/attack_progress.json"):
+        try:
+            pids |= {a["pid"] for a in json.loads(progress.read_text()).get("attack_actors", [])}
+        except ValueError:  # being rewritten right now
+            continue
+    return pids
 
 
 def starts(trial_dir: Path) -> list[dict[str, Any]]:

@@ -61,6 +61,15 @@ def search_yaml(tmp_path: Path, backbone: Path, name: str, num_samples: int = 4,
     return path
 
 
+def merged(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``base`` with ``updates`` merged in, nested dicts key by key."""
+    import copy
+
+    out = copy.deepcopy(base)
+    _merge(out, updates)
+    return out
+
+
 def _merge(into: dict[str, Any], updates: dict[str, Any]) -> None:
     for key, value in updates.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):

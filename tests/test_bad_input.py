@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import free_port
+from helpers import free_port, merged
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = [("a stirring and funny re-imagining", 1), ("apparently reassembled from the floor", 0),
@@ -67,13 +67,6 @@ def fake_attack_cache(cache: Path) -> Path:
     return cache
 
 
-def deep_update(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in changes.items():
-        out[key] = deep_update(out.get(key) or {}, value) if isinstance(value, dict) else value
-    return out
-
-
 @dataclass
 class Ctx:
     """What a case builds its input from: ``inp`` (inputs), ``cwd`` (must stay empty), lazy fixtures."""
@@ -101,7 +94,7 @@ class Ctx:
                "model": {"backbone": str(self.fixture("tiny_model_dir"))}, "method": {"name": "fgm"},
                "train": {"epochs": 1, "batch_size": 4}, "output_dir": str(self.out)}
         path = self.inp / name
-        path.write_text(yaml.safe_dump(deep_update(cfg, changes or {})))
+        path.write_text(yaml.safe_dump(merged(cfg, changes or {})))
         return path
 
     def search_dict(self, changes: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -113,7 +106,7 @@ class Ctx:
                "search": {"num_samples": 1, "max_concurrent": 1},
                "resources": {"num_workers": 1, "cpus_per_worker": 1},
                "params": {"adv_lr": {"loguniform": [0.01, 0.1]}}}
-        return deep_update(cfg, changes or {})
+        return merged(cfg, changes or {})
 
     def search_yaml(self, changes: dict[str, Any] | None = None) -> Path:
         path = self.inp / "search.yaml"

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from faultkit import MlflowServer, finals, kill_group, optuna_history, start_driver, starts
+from faultkit import MlflowServer, drive, finals, optuna_history, starts
 from helpers import free_port, search_yaml, shared_data_dir
 
 
@@ -23,19 +23,10 @@ def _drive(ray_nodes, cwd: Path, args: list[str], poll=None, timeout: float = 90
     """Run ``distat <args>`` on the cluster as its own process group, calling ``poll()`` every 50 ms until it
     exits; returns its output, failing the test on a non-zero exit."""
     log = cwd / "driver.log"
-    driver = start_driver(args, cwd, ray_nodes.env(), log)
-    deadline = time.monotonic() + timeout
-    try:
-        while driver.poll() is None:
-            assert time.monotonic() < deadline, f"the search took over {timeout} s"
-            if poll is not None:
-                poll()
-            time.sleep(0.05)
-    finally:
-        if driver.poll() is None:
-            kill_group(driver)
+    rc, _ = drive(args, cwd, ray_nodes.env(), log, poll, timeout=timeout)
     text = log.read_text()
-    assert driver.returncode == 0, text[-4000:]
+    assert rc != -1, f"the search took over {timeout} s"
+    assert rc == 0, text[-4000:]
     return text
 
 

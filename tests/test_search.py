@@ -21,6 +21,7 @@ from faultkit import (
     pid_alive,
     start_driver,
     starts,
+    trial_pids,
     wait_for,
 )
 from helpers import free_port, search_yaml
@@ -172,14 +173,6 @@ def _newest_epoch(trial_dir: Path) -> int:
     return max(epochs, default=0)
 
 
-def _trial_pids(search_dir: Path) -> set[int]:
-    """Every process a trial of this search ran in: Train workers and attack actors."""
-    pids = {s["pid"] for t in search_dir.glob("trials/*") for s in starts(t)}
-    for progress in search_dir.glob("trials/*/attack_progress.json"):
-        pids |= {a["pid"] for a in json.loads(progress.read_text()).get("attack_actors", [])}
-    return pids
-
-
 @pytest.mark.slow
 def test_driver_sigkill_then_resume_keeps_finished_trials(tmp_path, tiny_model_dir, attack_paths, ray_nodes):
     """The driver of a search on a running cluster is SIGKILLed at a random moment after the first trial
@@ -200,7 +193,7 @@ def test_driver_sigkill_then_resume_keeps_finished_trials(tmp_path, tiny_model_d
     time.sleep(random.uniform(0, 5))  # a random moment after the first trial finished
     kill_group(driver)
     # the cluster lives on; Ray ends the dead driver's job, its trials' workers and actors with it
-    wait_for(lambda: not any(pid_alive(p) for p in _trial_pids(search_dir)), 120, "the killed job's processes to end")
+    wait_for(lambda: not any(pid_alive(p) for p in trial_pids(search_dir)), 120, "the killed job's processes to end")
 
     finished = {p.parent.name: p.stat().st_mtime_ns for p in search_dir.glob("trials/*/final.json")}
     in_flight = {t.name: _newest_epoch(t) for t in search_dir.glob("trials/*") if t.name not in finished}
