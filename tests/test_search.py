@@ -4,6 +4,7 @@ a driver SIGKILLed mid-search and resumed."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -91,7 +92,7 @@ def test_without_actors_each_trial_attacks_in_its_train_worker(tmp_path, tiny_mo
     from distat.search.tuner import _robust_eval
 
     spec = search_yaml(tmp_path, tiny_model_dir, "noactors", num_samples=2,
-                       updates={"attack": {"actors": 0, "n": 4}})
+                       updates={"attack": {"actors": 0, "n": 4}, "search": {"max_concurrent": 1}})
     storage = tmp_path / "searches"
     assert main(["search", str(spec), "--storage", str(storage), "--tracking-uri",
                  f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 0
@@ -99,6 +100,8 @@ def test_without_actors_each_trial_attacks_in_its_train_worker(tmp_path, tiny_mo
     search_dir = storage / "noactors"
     done = finals(search_dir)
     assert len(done) == 2
+    # one trial at a time: the second ran in the first one's Tune trainable process (reuse_actors)
+    assert len({f["placement"]["trainable_pid"] for f in done.values()}) == 1
     scfg = load_search_config(spec)
     for trial_id, final in done.items():
         trial_dir = search_dir / "trials" / trial_id
@@ -267,3 +270,25 @@ def test_ctrl_c_stops_the_search_with_exit_130_and_a_resume_hint(tmp_path, tiny_
     assert rc == 130, text[-3000:]
     assert f"distat resume {search_dir}" in text
     assert "Pareto front" not in text and len(finals(search_dir)) < 4
+
+
+@pytest.mark.parametrize(("alive", "watcher"), [(1, "0"), (2, None)])
+def test_train_settings_for_short_trials_keep_what_the_user_set(monkeypatch, alive, watcher):
+    """The trainable shortens Train's poll and drops the preemption watcher on a single node, and leaves every
+    variable the user set alone."""
+    import ray
+
+    from distat.search.tuner import _train_env_defaults
+
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}] * alive + [{"Alive": False}])
+    for var in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"):
+        monkeypatch.delenv(var, raising=False)
+    _train_env_defaults()
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.5"
+    assert os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER") == watcher
+
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "3")
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")
+    _train_env_defaults()
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "3"
+    assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "1"
