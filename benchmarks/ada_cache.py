@@ -23,7 +23,6 @@ Needs the offline resources: `.venv/bin/distat resources build`.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -64,6 +63,7 @@ def main() -> int:
 
     from distat.attacks import resources
     from distat.search.space import parse_search_config
+    from distat.search.tuner import finished_trials
 
     cache = resources.cache_dir()
     points = [{"aug_ratio": r} for r in RATIOS]
@@ -72,7 +72,7 @@ def main() -> int:
         work = Path(tempfile.mkdtemp(prefix=f"distat-bench-ada-{name}-"))
         scfg = parse_search_config(search_config(name, args.train_rows, shared, args.victim_epochs))
         elapsed, trials = run_search(scfg, work, cache, points)
-        finals = [json.loads(p.read_text()) for p in (work / "searches" / name).glob("trials/*/final.json")]
+        finals = list(finished_trials(work / "searches" / name).values())
         generated = (len(list((work / "searches" / "ada_cache").glob("ada-*")))
                      + len(list((work / "searches" / name).glob("trials/*/ada_private/ada-*"))))
         victims = (len(list((work / "searches" / "ada_cache").glob("victim-*")))

@@ -240,7 +240,9 @@ def pid_alive(pid: int) -> bool:
 
 def finals(search_dir: Path) -> dict[str, dict[str, Any]]:
     """trial id -> final.json of every finished trial."""
-    return {p.parent.name: json.loads(p.read_text()) for p in sorted(search_dir.glob("trials/*/final.json"))}
+    from distat.search.tuner import finished_trials
+
+    return finished_trials(search_dir)
 
 
 def trial_pids(search_dir: Path) -> set[int]:

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from distat.jsonfile import write_json
+
 WINDOW = 15
 
 
@@ -115,10 +117,7 @@ def calibrate(encoder: Any, sentences: Sequence[str], lexical_dir: Path, *, per_
 
 def write_calibration(report: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(path)
-    return path
+    return write_json(path, report)
 
 
 def read_thresholds(path: Path) -> dict[str, float] | None:

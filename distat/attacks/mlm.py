@@ -36,7 +36,6 @@ busy 2-core machine, ``torch.set_num_threads(1)`` made a step 8-11x faster than 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -54,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from distat.errors import DataError, DistatError, ModelError, first_line
+from distat.jsonfile import write_json
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -454,7 +454,7 @@ def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         if diff > 1e-4:
             raise ModelError(f"the masked LM saved for {dest} does not reproduce the trained logits ({diff:g})")
         report["reload_max_abs_logit_diff"] = diff
-        _write_json(tmp / REPORT_NAME, report)
+        write_json(tmp / REPORT_NAME, report)
         os.chmod(tmp, 0o755)  # mkdtemp made it private
         old = None
         if dest.exists():
@@ -599,7 +599,7 @@ def train_mlm_head(
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
     _save_atomically(model, tokenizer, dest, report, {"input_ids": probe_ids, "attention_mask": probe_mask})
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
-    _write_json(dest / REPORT_NAME, report)
+    write_json(dest / REPORT_NAME, report)
     return report
 
 
@@ -650,11 +650,3 @@ def top_candidates(
     logits[~vocab.word[: logits.shape[0]]] = -math.inf
     best = logits.topk(min(k, int(vocab.word.sum()))).indices.tolist()
     return [vocab.tokens[i] for i in best]
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    part = path.with_name(f".{path.name}.part")
-    part.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(part, path)
-
-

@@ -44,6 +44,7 @@ from types import ModuleType
 from typing import Any
 
 from distat.errors import DistatError
+from distat.jsonfile import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -358,9 +359,7 @@ def build_nltk_data(dest: Path) -> Path:
         _build_wordnet(corpora / "wordnet", provenance)
     if not _stopwords_complete(corpora / "stopwords"):
         _build_stopwords(corpora / "stopwords", provenance)
-    tmp_manifest = manifest.with_name(f".{manifest.name}.tmp-{os.getpid()}")
-    tmp_manifest.write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp_manifest, manifest)
+    write_json(manifest, provenance, sort_keys=True)
     logger.info("nltk data built at %s", dest)
     return dest
 

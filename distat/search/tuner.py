@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from distat.errors import DistatError
+from distat.jsonfile import write_json as _write_json
 
 log = logging.getLogger(__name__)
 
@@ -238,12 +239,6 @@ def _starts(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
-
-
 def _robust_eval(scfg: Any, spec: dict[str, Any], checkpoint: Path, out: Path,
                  where: dict[str, Any] | None = None, device: Any = None) -> dict[str, float]:
     """Robust metrics of ``checkpoint`` on the search's attacked dev subset; every attacked example goes to
@@ -262,7 +257,15 @@ def _robust_eval(scfg: Any, spec: dict[str, Any], checkpoint: Path, out: Path,
     tcfg = TrialConfig.model_validate(json.loads((checkpoint / "distat_meta.json").read_text())["config"])
     att = scfg.attack
     t0 = time.perf_counter()
-    ds = load_dataset(tcfg.data.path, splits=[att.split], text_fields=tcfg.data.text_fields)
+    ds_all = None
+    if att.static:
+        from distat.training import load_splits
+
+        ds_all, _, _ = load_splits(tcfg)  # the train/dev splits: the fingerprint the ADA victim's key uses
+    if ds_all is not None and att.split in ds_all.splits:
+        ds = ds_all  # read once
+    else:
+        ds = load_dataset(tcfg.data.path, splits=[att.split], text_fields=tcfg.data.text_fields)
     examples = select_examples(ds.split(att.split), att.n, seed=scfg.seed)
     model = load_classifier(checkpoint, ds.num_labels, tcfg.model.trust_remote_code).eval()
     if device is not None and att.actors == 0:
@@ -284,11 +287,9 @@ def _robust_eval(scfg: Any, spec: dict[str, Any], checkpoint: Path, out: Path,
         where.update(stats)
     write_records_csv(records, out / "attack.csv")
     robust = metrics.as_dict()
-    if att.static:
+    if ds_all is not None:
         from distat.augment.ada import static_accuracy
-        from distat.training import load_splits
 
-        ds_all, _, _ = load_splits(tcfg)  # the fingerprint the ADA victim's key uses
         static = _generator(spec, scfg).static_set(tcfg, ds_all, examples, job)
         robust["static_robust_acc"] = static_accuracy(model, tokenizer, static, max_length=tcfg.data.max_length)
         robust["victim_robust_acc"] = summarize_records(static).robust_acc
@@ -656,6 +657,11 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
+def finished_trials(search_dir: Path) -> dict[str, dict[str, Any]]:
+    """trial id -> its ``final.json`` (params, metrics, timings, placement), for every finished trial."""
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted((search_dir / "trials").glob(f"*/{FINAL_FILE}"))}
+
+
 def trial_points(search_dir: Path, clean_acc_floor: float | None = None) -> list[Any]:
     """One :class:`~distat.tracking.pareto.TrialPoint` per finished trial, read from the search directory
     (complete on disk whatever happened to the driver or the tracking server). Trials below
@@ -663,8 +669,7 @@ def trial_points(search_dir: Path, clean_acc_floor: float | None = None) -> list
     from distat.tracking.pareto import TrialPoint
 
     points = []
-    for final in sorted((search_dir / "trials").glob(f"*/{FINAL_FILE}")):
-        data = json.loads(final.read_text())
+    for data in finished_trials(search_dir).values():
         m = data["metrics"]
         extra = {k: float(v) for k, v in m.items()
                  if k.startswith(("attack_", "perturbed", "avg_queries", "robust_acc_", "static_", "victim_", "ada_"))
