@@ -18,12 +18,12 @@ def run_search(scfg, workdir: Path, cache: Path, points: list[dict]) -> tuple[fl
 
     import ray
 
-    from distat.search.tuner import finish_search, start_search, trial_points
+    from distat.search.tuner import finish_search, ray_env_defaults, start_search, trial_points
 
     storage = workdir / "searches"
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     t0 = time.perf_counter()
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    ray_env_defaults(local=True)
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         start_search(scfg, storage=storage, tracking_uri=uri, cache_dir=cache, points_to_evaluate=points)

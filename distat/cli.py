@@ -230,8 +230,10 @@ def cmd_static(args: argparse.Namespace) -> int:
 def _init_ray(address: str | None) -> Any:
     import ray
 
+    from distat.search.tuner import ray_env_defaults
+
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    ray_env_defaults(local=address is None)
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=True,
                  logging_level=logging.ERROR)

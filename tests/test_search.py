@@ -272,23 +272,23 @@ def test_ctrl_c_stops_the_search_with_exit_130_and_a_resume_hint(tmp_path, tiny_
     assert "Pareto front" not in text and len(finals(search_dir)) < 4
 
 
-@pytest.mark.parametrize(("alive", "watcher"), [(1, "0"), (2, None)])
-def test_train_settings_for_short_trials_keep_what_the_user_set(monkeypatch, alive, watcher):
-    """The trainable shortens Train's poll and drops the preemption watcher on a single node, and leaves every
-    variable the user set alone."""
-    import ray
+@pytest.mark.parametrize(("local", "watcher"), [(True, "0"), (False, None)])
+def test_ray_settings_for_short_trials_keep_what_the_user_set(monkeypatch, local, watcher):
+    """A local Ray runs no preemption watcher (a cluster keeps Train's default), the trainable shortens Train's
+    poll, and every variable the user set is left alone."""
+    from distat.search.tuner import _train_env_defaults, ray_env_defaults
 
-    from distat.search.tuner import _train_env_defaults
-
-    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}] * alive + [{"Alive": False}])
-    for var in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"):
+    names = ("RAY_TRAIN_V2_ENABLED", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")
+    for var in names:
         monkeypatch.delenv(var, raising=False)
+    ray_env_defaults(local=local)
     _train_env_defaults()
+    assert os.environ["RAY_TRAIN_V2_ENABLED"] == "1"
     assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.5"
     assert os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER") == watcher
 
-    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "3")
-    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")
+    for var, value in zip(names, ("0", "3", "1"), strict=True):
+        monkeypatch.setenv(var, value)
+    ray_env_defaults(local=local)
     _train_env_defaults()
-    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "3"
-    assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "1"
+    assert [os.environ[var] for var in names] == ["0", "3", "1"]

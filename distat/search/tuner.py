@@ -211,24 +211,22 @@ def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     tune.report(final)
 
 
+def ray_env_defaults(local: bool) -> None:
+    """Environment for the Ray a search runs on, set before ``ray.init`` unless the user set it: Ray Train V2
+    (the Train-in-Tune integration the tuner uses). ``local``: a Ray started here, which its workers inherit
+    this environment from; one machine, with no node to be drained, so Train's preemption watcher (one more
+    actor process per trial, ~1 s of CPU) is off. A cluster's workers do not see this environment, and a
+    cluster may gain (spot) nodes later: Train keeps its default there."""
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if local:
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+
+
 def _train_env_defaults() -> None:
-    """Ray Train settings for short trials, unless the user set them (Train passes them on to its controller).
-
-    * The controller polls its workers every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (2 s): a finished training
-      function was noticed, and the worker group shut down, ~3 s after it returned. 0.5 s takes ~1 s.
-    * The preemption watcher (one more actor process per trial, ~1 s of CPU) watches for draining nodes; a
-      single-node cluster has none to drain to, so it is off there.
-    """
-    import ray
-
+    """Ray Train's controller polls its workers every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (2 s): a finished
+    training function was noticed, and the worker group shut down, ~3 s after it returned; 0.5 s takes ~1 s.
+    Set in the trainable, before ``fit()`` (Train passes it on to its controller), unless the user set it."""
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    if "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in os.environ:
-        try:
-            single = sum(1 for n in ray.nodes() if n.get("Alive")) == 1
-        except Exception:  # noqa: BLE001 - keep Train's default when the GCS cannot say
-            single = False
-        if single:
-            os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
 
 
 def _starts(out: Path) -> list[dict[str, Any]]:
