@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from distat.atomic import write_text
 from distat.errors import DataError, first_line
 
 if TYPE_CHECKING:
@@ -777,15 +778,11 @@ def load_dataset(
 
 def write_rows(split: Split, path: str | os.PathLike[str]) -> Path:
     """Write ``split`` as JSONL rows ``{"text_a", "text_b", "label"}`` (atomically); see :func:`read_rows`."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for i, label in enumerate(split.labels):
-            row = {"text_a": split.text_a[i], "text_b": None if split.text_b is None else split.text_b[i],
-                   "label": label}
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
+    lines = []
+    for i, label in enumerate(split.labels):
+        row = {"text_a": split.text_a[i], "text_b": None if split.text_b is None else split.text_b[i], "label": label}
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    return write_text(path, "".join(lines))
 
 
 def read_rows(path: str | os.PathLike[str], name: str, num_labels: int) -> Split:

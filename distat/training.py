@@ -21,7 +21,6 @@ import logging
 import math
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from torch import nn
 
 from distat import data as data_mod
 from distat import methods
+from distat.atomic import atomic_dir
 from distat.config import TrialConfig
 from distat.errors import ModelError
 from distat.methods.base import StepContext
@@ -230,9 +230,7 @@ def save_checkpoint(directory: Path, parts: _Parts, opt, sched, epoch: int, cfg:
                     history: list[dict[str, float]]) -> Path:
     """Write ``directory/epoch_NNN`` atomically (a temp folder renamed into place) and return it."""
     final = directory / f"{CHECKPOINT_PREFIX}{epoch:03d}"
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp_", dir=directory))
-    try:
+    with atomic_dir(final) as tmp:
         module = parts.module
         module.config.save_pretrained(tmp)
         parts.tokenizer.save_pretrained(tmp)
@@ -247,12 +245,6 @@ def save_checkpoint(directory: Path, parts: _Parts, opt, sched, epoch: int, cfg:
         (tmp / _META_FILE).write_text(json.dumps(meta, indent=2))
         if parts.extra is not None:
             data_mod.write_rows(parts.extra, tmp / _EXTRA_ROWS_FILE)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from distat.jsonfile import write_json
+from distat.atomic import write_json
 
 WINDOW = 15
 

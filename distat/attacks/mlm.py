@@ -52,8 +52,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from distat.atomic import write_json
 from distat.errors import DataError, DistatError, ModelError, first_line
-from distat.jsonfile import write_json
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

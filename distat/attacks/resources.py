@@ -43,8 +43,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from distat.atomic import write_json
 from distat.errors import DistatError
-from distat.jsonfile import write_json
 
 logger = logging.getLogger(__name__)
 

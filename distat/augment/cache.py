@@ -26,6 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from distat.atomic import atomic_dir, write_json
+
 log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
@@ -110,22 +112,15 @@ class FolderCache:
         return time.time() - beat > self.stale_after
 
     def _build(self, key: str, build: Callable[[Path], dict[str, Any] | None]) -> Path:
-        tmp = self.root / f".{key}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
         stop = threading.Event()
         beat = threading.Thread(target=self._beat, args=(self._lock(key) / _HEARTBEAT, stop), daemon=True)
         beat.start()
         try:
-            info = build(tmp) or {}
-            (tmp / COMPLETE).write_text(json.dumps(info, indent=2))
-            final = self.path(key)
-            if final.exists():  # an incomplete leftover of a crashed builder
-                shutil.rmtree(final)
-            tmp.rename(final)
-            return final
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            # an incomplete leftover of a crashed builder at the final name is replaced
+            with atomic_dir(self.path(key)) as tmp:
+                info = build(tmp) or {}
+                write_json(tmp / COMPLETE, info)
+            return self.path(key)
         finally:
             stop.set()
             beat.join()

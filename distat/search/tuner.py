@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distat.atomic import write_json as _write_json
 from distat.errors import DistatError
-from distat.jsonfile import write_json as _write_json
 
 log = logging.getLogger(__name__)
 
