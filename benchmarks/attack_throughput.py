@@ -45,7 +45,7 @@ def main() -> int:
     parser.add_argument("--train-rows", type=int, default=800)
     args = parser.parse_args()
 
-    from distat.attacks import resources
+    from distat import resources
     from distat.attacks.evaluate import select_examples
     from distat.attacks.metrics import summarize
     from distat.attacks.pool import AttackPool

@@ -1,1 +1,2 @@
-"""Robust evaluation offline: attack resources, TextAttack recipes, the Ray actor pool, robust metrics."""
+"""Robust evaluation offline: TextAttack recipes, the Ray actor pool, robust metrics (the offline resources
+the recipes read are :mod:`distat.resources`)."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -47,26 +46,22 @@ __all__ = [
 
 AttackStatus = Literal["success", "failed", "skipped"]
 _STATUSES: tuple[str, ...] = ("success", "failed", "skipped")
-_Z95 = 1.959964  # the standard normal quantile of 0.975
 
 
-def wilson_interval(successes: int, n: int, z: float = _Z95) -> tuple[float, float]:
-    """The Wilson score interval of the proportion ``successes / n`` (95% for the default ``z``).
+def wilson_interval(successes: int, n: int, confidence_level: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of the proportion ``successes / n`` (scipy's ``binomtest(...).proportion_ci``).
 
-    ``n == 0`` carries no information and gives ``(0.0, 1.0)``; the bounds are exactly 0 at 0/n and 1 at n/n.
+    ``n == 0`` carries no information and gives ``(0.0, 1.0)`` (scipy refuses ``n = 0``); the bounds are exactly
+    0 at 0/n and 1 at n/n.
     """
     if isinstance(successes, bool) or isinstance(n, bool) or n < 0 or not 0 <= successes <= n:
         raise ValueError(f"wilson_interval needs 0 <= successes <= n, got {successes}/{n}")
     if n == 0:
         return 0.0, 1.0
-    p = successes / n
-    z2 = z * z
-    denom = 1.0 + z2 / n
-    centre = (p + z2 / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1.0 - p) / n + z2 / (4 * n * n))
-    lo = 0.0 if successes == 0 else max(0.0, centre - half)
-    hi = 1.0 if successes == n else min(1.0, centre + half)
-    return lo, hi
+    from scipy.stats import binomtest
+
+    ci = binomtest(successes, n).proportion_ci(confidence_level=confidence_level, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,14 +11,33 @@ Sentence pairs: only the last text field (the ``sentence`` / hypothesis side) is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distat.errors import DistatError
 
 if TYPE_CHECKING:
-    from distat.attacks.resources import ResourcePaths
+    from distat.resources import ResourcePaths
 
 RECIPES = ("textfooler", "textbugger", "pwws", "bae")
+
+#: The offline resources (:mod:`distat.resources` names) each recipe reads; ``calibration`` is optional
+#: (defaults below), so no recipe requires it.
+NEEDS: dict[str, tuple[str, ...]] = {
+    "textfooler": ("wordnet", "word_vectors", "sentence_encoder", "pos_model"),
+    "textbugger": ("wordnet", "word_vectors", "sentence_encoder"),
+    "pwws": ("wordnet",),
+    "bae": ("wordnet", "mlm", "sentence_encoder", "pos_model"),
+}
+
+
+def check_recipe(cache: Path, overrides: dict[str, str] | None, recipe: str) -> ResourcePaths:
+    """The resolved resource paths, after checking that ``recipe`` finds everything it needs there: else one
+    line, ``attack {recipe} needs {missing} in {cache}: run `distat resources build```. An unknown recipe
+    needs nothing here (:func:`build_attack` names it)."""
+    from distat.resources import require
+
+    return require(Path(cache), overrides, NEEDS.get(recipe, ()), f"attack {recipe}")
 
 
 @dataclass(frozen=True)
@@ -29,7 +48,7 @@ class AttackOptions:
     max_modify_rate: float | None = None  # at most this fraction of words perturbed (TextDefender: 0.3)
     query_budget: int | None = None  # model queries per example
     # Similarity thresholds of the sentence encoder (MiniLM, cosine), replacing USE's. See
-    # docs in resources.calibrate_similarity: None = the calibrated default for the recipe.
+    # distat.resources.calibration: None = the calibrated default for the recipe.
     sim_threshold: float | None = None
 
 
@@ -38,7 +57,7 @@ class AttackOptions:
 USE_THRESHOLDS = {"textfooler": 0.840845057, "textbugger": 0.8, "bae": 0.936338023}
 
 # DEVIATION: MiniLM (sentence-transformers) replaces the Universal Sentence Encoder, which loads from
-# TF-Hub. Its cosine thresholds come from distat.attacks.calibrate (synonym vs random-word vs antonym
+# TF-Hub. Its cosine thresholds come from distat.resources.calibration (synonym vs random-word vs antonym
 # swaps in 15-word windows of SST-2 dev); `distat resources build` writes them to the cache and the
 # recipes read them from there. These are the values that calibration gave here (600 swaps per kind),
 # used when no calibration file exists.
@@ -48,7 +67,7 @@ DEFAULT_SIM_THRESHOLDS = {"textfooler": 0.9329, "textbugger": 0.8154, "bae": 0.9
 def build_attack(name: str, model_wrapper: Any, resources: ResourcePaths, options: AttackOptions | None = None,
                  text_fields: tuple[str, ...] = ("sentence",)) -> Any:
     """A ``textattack.Attack`` for recipe ``name`` against ``model_wrapper``."""
-    from distat.attacks import resources as res
+    from distat import resources as res
 
     if name not in RECIPES:
         raise DistatError(f"unknown attack recipe {name!r} (choose from {', '.join(RECIPES)})")
@@ -80,7 +99,7 @@ def _common_constraints(ta: Any, options: AttackOptions, text_fields: tuple[str,
 
 def sim_threshold(resources: ResourcePaths, options: AttackOptions, recipe: str) -> float:
     """The option if given, else the calibrated threshold in the cache, else the default above."""
-    from distat.attacks.calibrate import read_thresholds
+    from distat.resources.calibration import read_thresholds
 
     if options.sim_threshold is not None:
         return options.sim_threshold
@@ -105,7 +124,7 @@ def _textfooler(ta: Any, model_wrapper: Any, resources: ResourcePaths, options: 
     constraints = [
         pre.RepeatModification(),
         # DEVIATION: TextFooler's own stopword list is replaced by the NLTK-format English list distat
-        # builds offline (resources.build_nltk_data).
+        # builds offline (distat.resources.wordnet).
         pre.StopwordModification(),
         ta.constraints.semantics.WordEmbeddingDistance(embedding=embedding, min_cos_sim=0.5),
         # DEVIATION: spaCy's tagger (offline package) instead of NLTK's perceptron tagger.
@@ -154,8 +173,8 @@ def _pwws(ta: Any, model_wrapper: Any, resources: ResourcePaths, options: Attack
 
 
 def _bae(ta: Any, model_wrapper: Any, resources: ResourcePaths, options: AttackOptions):
-    from distat.attacks.mlm import load_mlm
     from distat.attacks.textattack_parts import SpacyPartOfSpeech
+    from distat.resources.mlm import load_mlm
 
     # DEVIATION: the masked LM is distat's MiniLM + trained MLM head (resources.build) instead of
     # bert-base-uncased from the hub.

@@ -20,7 +20,7 @@ from torch import nn
 
 from distat.attacks.metrics import AttackRecord
 from distat.attacks.recipes import AttackOptions, build_attack
-from distat.attacks.resources import ResourcePaths
+from distat.resources import ResourcePaths
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def rebuild_model(config: Any, state: dict[str, torch.Tensor], device: torch.dev
 
 class AttackRunner:
     def __init__(self, job: AttackJob, model: nn.Module, tokenizer: Any) -> None:
-        from distat.attacks.resources import import_textattack
+        from distat.resources import import_textattack
 
         self.ta = import_textattack(job.resources.wordnet)
         from distat.attacks.textattack_parts import ClassifierWrapper

