@@ -17,7 +17,6 @@ import time
 import torch
 
 from distat import methods
-from distat.config import MethodConfig
 from distat.data import load_dataset
 from distat.methods.base import StepContext
 from distat.models import load_classifier, load_tokenizer, resolve_backbone
@@ -71,7 +70,7 @@ def main() -> int:
     ctx = StepContext.plain(model)
     built = {}
     for key, spec in METHODS.items():
-        m = methods.build(MethodConfig.model_validate(spec))
+        m = methods.build(methods.parse_settings(spec))
         m.setup(model)
         built[key] = m
 

@@ -25,6 +25,7 @@ from distat.augment.ada import (
 from distat.augment.cache import COMPLETE, FolderCache
 from distat.config import parse_trial_config
 from distat.data import read_rows
+from distat.methods import StandardSettings
 from distat.training import load_splits
 
 from helpers import shared_data_dir
@@ -257,7 +258,7 @@ def test_iterative_ada_adds_rows_each_epoch_and_resumes_exactly(tmp_path, tiny_m
 
     def cfg(out: Path):
         base = _cfg(tmp_path, tiny_model_dir, ratio=0.0, iterative_n=30)
-        return base.model_copy(update={"output_dir": str(out), "method": base.method.model_copy(update={"name": "standard"}),
+        return base.model_copy(update={"output_dir": str(out), "method": StandardSettings(),
                                        "train": base.train.model_copy(update={"epochs": 4, "batch_size": 16, "lr": 5e-3})})
 
     full_dir = tmp_path / "full"

@@ -30,7 +30,8 @@ def _worker(rank: int, port: int, backbone: str, data: str, out: str) -> None:
                 "seed": 11,
                 "data": {"path": data, "max_train_examples": 32, "max_dev_examples": 8, "max_length": 24},
                 "model": {"backbone": backbone, "device": "cpu"},
-                "method": {"name": name, "adv_steps": 2, "w_lr": 30.0},
+                "method": {"name": name, **({"adv_steps": 2} if name != "fgm" else {}),
+                           **({"w_lr": 30.0} if name.startswith("adaptive") else {})},
                 "train": {"epochs": 1, "batch_size": 4, "lr": 1e-3},
                 "output_dir": f"{out}/{name}",
             })

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from distat import methods
-from distat.config import MethodConfig
+from distat.config import parse_trial_config
+from distat.errors import ConfigError
 from distat.methods.adaptive import initial_weights, project_simplex
 from distat.methods.base import StepContext, embeds, forward_logits
 from distat.methods.perturb import Perturbation, increments
@@ -36,9 +37,16 @@ def make_batch(tokenizer, pair: bool = False) -> dict[str, torch.Tensor]:
     return batch
 
 
-def cfg_for(name: str, **kw) -> MethodConfig:
-    base = {"name": name, "adv_steps": 3, "adv_lr": 0.05, "init_mag": 0.05}
-    return MethodConfig.model_validate({**base, **kw})
+KNOBS = {k for cls in methods.REGISTRY.values() for k in cls.settings.model_fields}
+
+
+def cfg_for(name: str, **kw) -> methods.Settings:
+    """The settings of method ``name``: k = 3, α = 0.05, init_mag = 0.05, then ``kw``, each where the method
+    has that knob (FGM takes one step from x₀: no k, no random start), as a search's base knobs apply to the
+    methods that have them; a key of no method at all is still an error."""
+    knobs = {"adv_steps": 3, "adv_lr": 0.05, "init_mag": 0.05, **kw}
+    fields = methods.settings_class(name).model_fields
+    return methods.parse_settings({"name": name, **{k: v for k, v in knobs.items() if k in fields or k not in KNOBS}})
 
 
 def step(method_name: str, model, batch, seed: int = 0, **kw):
@@ -218,9 +226,55 @@ def test_increments_sum_to_last_point():
 
 def test_bad_method_configs():
     with pytest.raises(ValueError, match="unknown method"):
-        MethodConfig(name="pgdd")
+        methods.parse_settings({"name": "pgdd"})
     with pytest.raises(ValueError, match="needs base"):
-        MethodConfig(name="adaptive")
+        methods.parse_settings({"name": "adaptive"})
     with pytest.raises(ValueError, match="only for method"):
-        MethodConfig(name="pgd", base="pgd")
-    assert MethodConfig(name="adaptive_freelb").base == "freelb"
+        methods.parse_settings({"name": "pgd", "base": "pgd"})
+    assert methods.parse_settings({"name": "adaptive_freelb"}).base == "freelb"
+
+
+@pytest.mark.parametrize(("name", "key"), [("pgd", "mix_alpha"), ("fgm", "adv_steps"), ("fgm", "init_mag"),
+                                           ("standard", "adv_lr"), ("freelb", "w_lr"), ("mixup", "adv_lr"),
+                                           ("adaptive_pgd", "trades_beta"), ("trades", "beta")])
+def test_a_key_of_another_method_is_an_error(name, key):
+    """Each method's settings hold only its own knobs: a key of another method is not silently ignored."""
+    with pytest.raises(ValueError, match=key):
+        methods.parse_settings({"name": name, key: 1.0})
+    with pytest.raises(ConfigError) as info:
+        parse_trial_config({"method": {"name": name, key: 1.0}}, "configs/x.yaml")
+    tag = "adaptive" if name.startswith("adaptive") else name
+    message = str(info.value)
+    assert message.startswith(f"configs/x.yaml: method.{key}: unknown key for method '{tag}' (allowed: name"), message
+    assert "\n" not in message and f"{key}," not in message.split("allowed")[1], message
+
+
+def test_settings_live_beside_their_methods():
+    """Every registered method declares its settings class in its own module, and the union holds them all."""
+    for name, cls in methods.REGISTRY.items():
+        assert cls.settings.__module__ == cls.__module__, name
+        assert cls.settings.model_fields["name"].default == name
+    assert methods.parse_settings({}) == methods.StandardSettings()
+    # defaults and bounds of the shared knobs are the same for every method that has them
+    for name in ("pgd", "freelb", "tavat", "trades", "adaptive_pgd"):
+        s = methods.parse_settings({"name": name})
+        assert (s.adv_steps, s.adv_lr, s.init_mag, s.max_norm, s.norm_type) == (3, 0.03, 0.05, 0.0, "l2"), name
+    defaults = methods.parse_settings({"name": "adaptive_tavat"})
+    assert (defaults.adv_steps, defaults.adv_lr, defaults.init_mag, defaults.max_norm, defaults.norm_type,
+            defaults.beta, defaults.w_lr, defaults.w_init) == (3, 0.03, 0.05, 0.0, "l2", None, 1.0, "uniform")
+    assert methods.parse_settings({"name": "trades"}).trades_beta == 6.0
+    assert methods.parse_settings({"name": "fgm"}).adv_lr == 0.03
+    with pytest.raises(ValueError, match="adv_steps"):
+        methods.parse_settings({"name": "pgd", "adv_steps": 101})
+
+
+def test_adaptive_shorthand_and_long_form_are_the_same():
+    short = parse_trial_config({"method": {"name": "adaptive_pgd", "adv_steps": 2}})
+    long = parse_trial_config({"method": {"name": "adaptive", "base": "pgd", "adv_steps": 2}})
+    assert short == long and short.method.name == "adaptive" and short.method.label == "adaptive_pgd"
+    assert parse_trial_config(short.model_dump(mode="json")) == short  # what trials and checkpoints ship
+    base = methods.build(short.method).base
+    assert type(base.cfg) is methods.PGDSettings and base.cfg.adv_steps == 2
+    with pytest.raises(ConfigError, match="contradicts base"):
+        parse_trial_config({"method": {"name": "adaptive_pgd", "base": "freelb"}})
+    assert parse_trial_config({}).method.label == "standard"

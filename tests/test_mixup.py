@@ -17,7 +17,8 @@ from torch import nn
 
 import distat.methods.mixup as mixup_method
 from distat import methods
-from distat.augment.mixup import (
+from distat.methods.base import StepContext, embeds, forward_logits
+from distat.methods.mixing import (
     default_layers,
     encoder_layers,
     mix_targets,
@@ -25,8 +26,6 @@ from distat.augment.mixup import (
     sample_lambda,
     soft_kl,
 )
-from distat.config import MethodConfig
-from distat.methods.base import StepContext, embeds, forward_logits
 
 # --------------------------------------------------------------------------------------------------
 # pure functions
@@ -281,7 +280,7 @@ def test_same_seed_same_draws_and_resume_is_exact(tiny_model, tokenizer):
 
 
 def test_default_layer_set_follows_depth(tiny_model):
-    method = methods.build(MethodConfig(name="mixup"))
+    method = methods.build(methods.parse_settings({"name": "mixup"}))
     method.setup(tiny_model)  # 2 layers
     assert method.layers == default_layers(2) == (2,)
 
@@ -295,20 +294,20 @@ def test_bad_layers_and_backbones(tiny_model):
     ):
         pass
     with pytest.raises(ValidationError, match="mix_layers"):
-        MethodConfig(name="mixup", mix_layers=[0])
+        methods.parse_settings({"name": "mixup", "mix_layers": [0]})
     with pytest.raises(ValidationError, match="mix_layers"):
-        MethodConfig(name="mixup", mix_layers=[])
+        methods.parse_settings({"name": "mixup", "mix_layers": []})
     with pytest.raises(ValidationError, match="mix_type"):
-        MethodConfig(name="mixup", mix_type="cutmix")
+        methods.parse_settings({"name": "mixup", "mix_type": "cutmix"})
     with pytest.raises(ValidationError, match="mix_alpha"):
-        MethodConfig(name="mixup", mix_alpha=0)
+        methods.parse_settings({"name": "mixup", "mix_alpha": 0})
     with pytest.raises(ValueError, match="encoder layers"):
         encoder_layers(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="encoder layers"):
-        methods.build(MethodConfig(name="mixup")).setup(nn.Linear(2, 2))
+        methods.build(methods.parse_settings({"name": "mixup"})).setup(nn.Linear(2, 2))
 
 
 def test_config_defaults():
-    cfg = MethodConfig(name="mixup")
+    cfg = methods.parse_settings({"name": "mixup"})
     assert (cfg.mix_type, cfg.mix_alpha, cfg.mix_layers, cfg.mix_weight) == ("tmix", 2.0, None, 1.0)
-    assert MethodConfig(name="mixup", mix_layers=[12, 7, 9, 7]).mix_layers == (7, 9, 12)
+    assert methods.parse_settings({"name": "mixup", "mix_layers": [12, 7, 9, 7]}).mix_layers == (7, 9, 12)

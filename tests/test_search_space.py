@@ -12,8 +12,9 @@ import optuna
 import pytest
 import yaml
 
+from distat import methods
 from distat.attacks.recipes import AttackOptions
-from distat.config import AugmentConfig, TrialConfig
+from distat.config import AugmentConfig, TrialConfig, load_trial_config
 from distat.errors import ConfigError
 from distat.search.space import (
     ALIASES,
@@ -105,6 +106,28 @@ def test_shipped_search_spaces_load(stem: str, monkeypatch: pytest.MonkeyPatch) 
         study.tell(trial, [0.5, 0.5])
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_trial_configs_load(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    cfg = load_trial_config(path)
+    assert cfg.method.label
+
+
+def test_search_configs_with_trades_knob_fixed_for_some_methods() -> None:
+    """A base knob applies to the methods of the search that have it (baselines.yaml's shape)."""
+    cfg = parse_search_config(_config(
+        trial__method={"name": "standard", "adv_steps": 4, "init_mag": 0.0, "trades_beta": 3.0},
+        params={"method": {"choice": ["standard", "fgm", "pgd", "trades"]},
+                "adv_steps": {"int": [1, 2], "when": {"method": ["pgd", "trades"]}}},
+    ))
+    assert cfg.base_trial().method == methods.StandardSettings()
+    fgm = apply_params(cfg, {"method": "fgm"}, "o").method
+    assert type(fgm) is methods.FGMSettings and fgm.adv_lr == 0.03
+    trades = apply_params(cfg, {"method": "trades", "adv_steps": 2}, "o").method
+    assert (trades.adv_steps, trades.init_mag, trades.trades_beta) == (2, 0.0, 3.0)
+    assert apply_params(cfg, {"method": "pgd"}, "o").method.adv_steps == 4
+
+
 def test_demo_is_small() -> None:
     cfg = load_search_config(ROOT / "search_spaces" / "demo.yaml")
     t = cfg.base_trial()
@@ -185,11 +208,11 @@ BAD_CASES: list[tuple[str, Any, str, str]] = [
     ("same setting twice", {"params__method.adv_lr": {"uniform": [0.1, 0.2]}}, "params.method.adv_lr",
      "like adv_lr"),
     ("searched output_dir", {"params__output_dir": {"choice": ["a"]}}, "params.output_dir", "set by the search"),
-    ("mixup α ≤ 0", {"params__mixup_alpha": {"uniform": [0.0, 1.0]}}, "params.mixup_alpha.uniform.0",
-     "method.mix_alpha"),
+    ("mixup α ≤ 0", {"trial__method": {"name": "mixup"}, "params": {"mixup_alpha": {"uniform": [0.0, 1.0]}}},
+     "params.mixup_alpha.uniform.0", "method.mix_alpha"),
     ("aug ratio > 1", {"params__aug_ratio": {"choice": [0.5, 1.5]}}, "params.aug_ratio.choice.1", "augment.ratio"),
-    ("bad layer set", {"params__mix_layers": {"choice": ["4,5", "x"]}}, "params.mix_layers.choice.1",
-     "layer numbers"),
+    ("bad layer set", {"trial__method": {"name": "mixup"}, "params": {"mix_layers": {"choice": ["4,5", "x"]}}},
+     "params.mix_layers.choice.1", "layer numbers"),
     ("no params", {"params": {}}, "params", "at least one"),
     ("output_dir in trial", {"trial__output_dir": "runs/x"}, "trial.output_dir", "set by the search"),
     ("bad trial value", {"trial__train__epochs": 0}, "trial.train.epochs", "greater than or equal to 1"),
@@ -206,6 +229,28 @@ BAD_CASES: list[tuple[str, Any, str, str]] = [
     ("floor above 1", {"search__clean_acc_floor": 1.5}, "search.clean_acc_floor", "less than or equal to 1"),
     ("name with a slash", {"name": "../up"}, "name", "letters, digits"),
     ("no name", {"name": ...}, "name", "Field required"),
+    # method settings: each knob belongs to the methods that have it
+    ("searched knob a chosen method lacks", {"params__trades_beta": {"uniform": [1.0, 2.0]}}, "params.trades_beta",
+     "method 'pgd' has no setting trades_beta"),
+    ("searched knob lacking under its condition", {"params__mixup_alpha": {"uniform": [1.0, 2.0],
+                                                                         "when": {"method": ["adaptive_freelb"]}}},
+     "params.mixup_alpha", "method 'adaptive_freelb' has no setting mix_alpha"),
+    ("adaptive knob for every method", {"params__w_lr": {"uniform": [0.5, 2.0]}}, "params.w_lr",
+     "method 'pgd' has no setting w_lr: search it only where it exists, e.g. when: {method: [adaptive_pgd, "
+     "adaptive_freelb]}"),
+    ("searched knob the fixed method lacks", {"params": {"mixup_alpha": {"uniform": [1.0, 2.0]}}}, "params.mixup_alpha",
+     "method 'pgd' has no setting mix_alpha"),
+    ("base knob of no method of the search", {"trial__method": {"name": "pgd", "mix_alpha": 0.4}},
+     "trial.method.mix_alpha", "unknown key for every method this search runs (pgd, freelb, adaptive_pgd"),
+    ("base knob of another method", {"trial__method": {"name": "pgd", "mix_alpha": 0.4},
+                                     "params": {"adv_lr": {"uniform": [0.01, 0.1]}}},
+     "trial.method.mix_alpha", "unknown key for method 'pgd'"),
+    ("base knob out of bounds", {"trial__method": {"name": "pgd", "adv_steps": 0}}, "trial.method.adv_steps",
+     "greater than or equal to 1"),
+    ("base knob for another method out of bounds", {"trial__method": {"name": "pgd", "w_lr": -1.0}},
+     "params.method.choice.2", "method.w_lr: Input should be greater than or equal to 0"),
+    ("base name in the long form without base", {"trial__method": {"name": "adaptive"}}, "trial.method",
+     "needs base"),
 ]
 
 
@@ -265,7 +310,7 @@ def _space_config() -> SearchConfig:
     data = _config()
     data["params"]["data.max_length"] = {"int": [16, 48], "step": 16}
     data["params"]["norm_type"] = {"choice": ["l2", "linf"]}
-    data["params"]["trades_beta"] = {"uniform": [1.0, 2.0], "when": {"method": ["freelb"], "norm_type": ["linf"]}}
+    data["params"]["max_norm"] = {"uniform": [1.0, 2.0], "when": {"method": ["freelb"], "norm_type": ["linf"]}}
     return parse_search_config(data)
 
 
@@ -277,7 +322,7 @@ def test_define_by_run_with_optuna(sampler: str) -> None:
                 "tpe": optuna.samplers.TPESampler(seed=1, n_startup_trials=8)}
     study = optuna.create_study(directions=["maximize", "maximize"], sampler=samplers[sampler])
     seen_methods: set[str] = set()
-    conditional = {"beta": 0, "w_lr": 0, "trades_beta": 0}
+    conditional = {"beta": 0, "w_lr": 0, "max_norm": 0}
     for i in range(30):
         trial = study.ask()
         assert space(trial) == {}
@@ -295,16 +340,16 @@ def test_define_by_run_with_optuna(sampler: str) -> None:
             assert p["beta"] in ("auto", 1.0, 2.0)
             assert p["w_lr"] in (0.5, 1.0, 1.5, 2.0)
         both = p["method"] == "freelb" and p["norm_type"] == "linf"
-        assert ("trades_beta" in p) == both, p
+        assert ("max_norm" in p) == both, p
         if both:
-            assert 1.0 <= p["trades_beta"] <= 2.0
+            assert 1.0 <= p["max_norm"] <= 2.0
         for name in conditional:
             conditional[name] += name in p
         assert set(p) <= set(param_names(cfg))
         apply_params(cfg, p, f"runs/t/{i}")
         study.tell(trial, [(i * 7 % 10) / 10, (i * 3 % 10) / 10])
     assert seen_methods == {"pgd", "freelb", *ADAPTIVE}
-    assert 0 < conditional["beta"] < 30 and 0 < conditional["trades_beta"] < 30
+    assert 0 < conditional["beta"] < 30 and 0 < conditional["max_norm"] < 30
 
 
 def test_define_by_run_through_ray_optuna_search() -> None:
@@ -350,8 +395,11 @@ def test_apply_params_method_replaces_a_base_adaptive_method() -> None:
     cfg = parse_search_config(data)
     assert cfg.base_trial().method.label == "adaptive_pgd"
     t = apply_params(cfg, {"method": "freelb"}, "o")
-    assert (t.method.name, t.method.base, t.method.w_lr) == ("freelb", None, 3.0)
-    assert apply_params(cfg, {"method": "adaptive_freelb"}, "o").method.base == "freelb"
+    # w_lr is adaptive AT's: FreeLB has no such setting, so the base trial's applies only to adaptive methods
+    assert (t.method.name, t.method.label, t.method.adv_steps) == ("freelb", "freelb", 2)
+    assert "w_lr" not in type(t.method).model_fields and "base" not in type(t.method).model_fields
+    t = apply_params(cfg, {"method": "adaptive_freelb"}, "o")
+    assert (t.method.base, t.method.w_lr, t.method.adv_steps) == ("freelb", 3.0, 2)
 
 
 def test_apply_params_aliases_and_dotted_paths() -> None:
@@ -396,8 +444,10 @@ def test_model_dump_round_trips() -> None:
 
 
 def test_alias_table_points_into_trial_config() -> None:
-    fields = {f"{section}.{name}" for section in ("data", "model", "method", "train")
+    fields = {f"{section}.{name}" for section in ("data", "model", "train")
               for name in type(getattr(TrialConfig(), section)).model_fields}
+    # the method section is the union of every method's settings
+    fields |= {f"method.{name}" for cls in methods.REGISTRY.values() for name in cls.settings.model_fields}
     fields |= {f"augment.{name}" for name in AugmentConfig.model_fields}
     for alias, target in ALIASES.items():
         assert target in fields, (alias, target)

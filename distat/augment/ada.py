@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from distat.augment.cache import COMPLETE, FolderCache
-from distat.config import AugmentConfig, MethodConfig, TrialConfig
+from distat.config import AugmentConfig, TrialConfig
 from distat.data import Dataset, Split, write_rows
+from distat.methods import StandardSettings
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def victim_config(cfg: TrialConfig) -> TrialConfig:
     epochs and learning rate, no augmentation."""
     aug = cfg.augment or AugmentConfig()
     train = cfg.train.model_copy(update={"epochs": aug.victim.epochs, "lr": aug.victim.lr or cfg.train.lr})
-    return cfg.model_copy(update={"method": MethodConfig(), "train": train, "augment": None,
+    return cfg.model_copy(update={"method": StandardSettings(), "train": train, "augment": None,
                                   "data": cfg.data.model_copy(update={"augment_file": None})})
 
 

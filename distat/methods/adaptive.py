@@ -19,20 +19,41 @@ gradient of w is all-reduced (averaged) like a parameter's, so every worker keep
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from distat.methods.base import ATMethod, Batch, StepContext, StepOutput, embeds, forward_logits
 from distat.methods.freelb import FreeLB
 from distat.methods.perturb import increments
-from distat.methods.pgd import PGD, KStepMethod
+from distat.methods.pgd import PGD, KStepMethod, KStepSettings
 from distat.methods.tavat import TAVAT
 
 BASES: dict[str, type[KStepMethod]] = {"pgd": PGD, "freelb": FreeLB, "tavat": TAVAT}
+
+
+class AdaptiveSettings(KStepSettings):
+    """The base method's knobs (every base is a k-step method with exactly :class:`KStepSettings`'s knobs)
+    plus adaptive AT's own. YAML may say ``name: adaptive_pgd`` for ``name: adaptive, base: pgd``."""
+
+    name: Literal["adaptive"] = "adaptive"
+    base: Literal["pgd", "freelb", "tavat"]
+    beta: float | None = Field(default=None, gt=0)  # None = auto: k for PGD/TA-VAT, (k+1)/2 for FreeLB
+    w_lr: float = Field(default=1.0, ge=0)  # learning rate of the gradient ascent on w; 0 freezes w
+    w_init: Literal["uniform", "linear"] = "uniform"  # linear: w_i ∝ k-i+1 (FreeLB's implicit weights)
+
+    @property
+    def label(self) -> str:
+        return f"adaptive_{self.base}"
+
+    def base_settings(self) -> KStepSettings:
+        """The settings of the wrapped method: this config's share of the base method's knobs."""
+        cls = BASES[self.base].settings
+        return cls.model_validate({k: getattr(self, k) for k in cls.model_fields if k != "name"})
 
 
 def project_simplex(v: torch.Tensor) -> torch.Tensor:
@@ -55,10 +76,12 @@ def initial_weights(k: int, kind: str) -> torch.Tensor:
 
 class AdaptiveAT(ATMethod):
     name = "adaptive"
+    settings = AdaptiveSettings
+    cfg: AdaptiveSettings
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg: AdaptiveSettings) -> None:
         super().__init__(cfg)
-        self.base: KStepMethod = BASES[cfg.base](cfg.model_copy(update={"name": cfg.base, "base": None}))
+        self.base: KStepMethod = BASES[cfg.base](cfg.base_settings())
         self.w = initial_weights(cfg.adv_steps, cfg.w_init)
         self.beta = float(cfg.beta) if cfg.beta is not None else self.base.default_beta
 

@@ -4,7 +4,9 @@ An AT method turns one batch into parameter gradients. The training loop owns th
 and the schedule; a method owns only what happens between "here is a batch" and "the gradients are in
 ``.grad``". Its lifecycle:
 
-1. ``__init__(cfg)`` with the method's slice of the trial config (:class:`distat.config.MethodConfig`).
+1. ``__init__(cfg)`` with the method's settings: an instance of its :attr:`ATMethod.settings` class, which
+   lives in the method's own module and holds only the knobs the method reads (the trial config's
+   ``method`` section is the union of these classes, see :mod:`distat.methods`).
 2. ``setup(module)`` once the backbone exists (methods with state sized by the model allocate it here).
 3. ``train_step(ctx, batch)`` for each batch: compute the loss, call ``ctx.backward(loss)`` (possibly
    several times, as FreeLB does: every call but the last with ``sync=False``), return a
@@ -25,14 +27,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:
-    from distat.config import MethodConfig
+from distat.settings import Strict
 
 Batch = dict[str, torch.Tensor]
 
@@ -71,12 +72,34 @@ class StepOutput:
     delta: torch.Tensor | None = None  # the final perturbation, for tests and diagnostics
 
 
+class Settings(Strict):
+    """What the settings of every method have: ``name``, the method's registry key."""
+
+    name: str
+
+    @property
+    def label(self) -> str:
+        """A human name: ``pgd``, ``adaptive_freelb``..."""
+        return self.name
+
+
+class StandardSettings(Settings):
+    """Standard fine-tuning has no knobs."""
+
+    name: Literal["standard"] = "standard"
+
+
 class ATMethod:
-    """Base class: standard fine-tuning. Subclasses override :meth:`loss` or :meth:`train_step`."""
+    """Base class: standard fine-tuning. Subclasses override :meth:`loss` or :meth:`train_step`.
+
+    ``settings`` is the pydantic class of the method's knobs; the registry assembles the union of these
+    classes that the trial config's ``method`` section validates against.
+    """
 
     name: ClassVar[str] = "standard"
+    settings: ClassVar[type[Settings]] = StandardSettings
 
-    def __init__(self, cfg: MethodConfig) -> None:
+    def __init__(self, cfg: Settings) -> None:
         self.cfg = cfg
 
     def setup(self, module: nn.Module) -> None:

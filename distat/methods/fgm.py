@@ -8,17 +8,26 @@ forwards and two full backwards, as in the usual FGM recipe.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
 from distat.methods.base import ATMethod, Batch, StepContext, StepOutput, embeds, forward_logits, token_mask
-from distat.methods.perturb import from_config
+from distat.methods.perturb import PerturbSettings, from_config
+
+
+class FGMSettings(PerturbSettings):
+    """One step from x₀ itself: no step count and no random start."""
+
+    name: Literal["fgm"] = "fgm"
 
 
 class FGM(ATMethod):
     name = "fgm"
+    settings = FGMSettings
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg: FGMSettings) -> None:
         super().__init__(cfg)
         self.pert = from_config(cfg)
 

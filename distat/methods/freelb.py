@@ -8,14 +8,21 @@ adaptive variant (see adaptive.py) replaces them with K−1 input-only ones plus
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch.nn.functional as F
 
 from distat.methods.base import Batch, StepContext, StepOutput, embeds, forward_logits, token_mask
-from distat.methods.pgd import KStepMethod
+from distat.methods.pgd import KStepMethod, KStepSettings
+
+
+class FreeLBSettings(KStepSettings):
+    name: Literal["freelb"] = "freelb"
 
 
 class FreeLB(KStepMethod):
     name = "freelb"
+    settings = FreeLBSettings
 
     @property
     def default_beta(self) -> float:

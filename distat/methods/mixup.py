@@ -10,7 +10,7 @@ and the loss is
 
 KL with the target distribution first (Σ t·(log t − log p), batch mean), which for one-hot targets equals
 the cross-entropy. The clean and the mixed branch are one forward of the doubled batch through
-``ctx.model`` (see :func:`distat.augment.mixup.mixing`), so there is one forward per backward as DDP
+``ctx.model`` (see :func:`distat.methods.mixing.mixing`), so there is one forward per backward as DDP
 requires. The ADA half of AMDA (adversarial examples in the training data) is a data-side augmentation
 and combines with this method unchanged.
 
@@ -22,13 +22,15 @@ uninterrupted one. Under DDP every worker starts from the same global seed, henc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 from torch import nn
 
-from distat.augment.mixup import (
+from distat.methods.base import ATMethod, Batch, Settings, StepContext, embeds, forward_logits
+from distat.methods.mixing import (
     check_layers,
     default_layers,
     encoder_layers,
@@ -38,7 +40,35 @@ from distat.augment.mixup import (
     sample_lambda,
     soft_kl,
 )
-from distat.methods.base import ATMethod, Batch, StepContext, embeds, forward_logits
+
+
+class MixupSettings(Settings):
+    name: Literal["mixup"] = "mixup"
+    mix_type: Literal["tmix", "smix"] = "tmix"  # tmix: every token's hidden state; smix: position 0 only
+    # λ ~ Beta(α, α). The AMDA authors' scripts (MixADA) run TMix with α = 2.0 (a few runs use 0.4); 2.0
+    # puts λ mostly near 0.5 (E|λ − ½| ≈ 0.19), i.e. real mixing rather than near-copies of one example.
+    mix_alpha: float = Field(default=2.0, gt=0)
+    # encoder layers (1-based: L = mix the output of layer L) to draw from; None = the paper's {7, 9, 12}
+    # of 12 scaled to the backbone's depth (distat.methods.mixing.default_layers); checked against the depth
+    # when the model is built
+    mix_layers: Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=1)] | None = None
+    mix_weight: float = Field(default=1.0, ge=0)  # weight of KL(mixed targets ‖ mixed prediction)
+
+    @field_validator("mix_layers", mode="before")
+    @classmethod
+    def _layer_string(cls, v: Any) -> Any:
+        # "4,5,6" (how a search space's categorical choice names a layer set) → (4, 5, 6)
+        if isinstance(v, str):
+            try:
+                return tuple(int(part) for part in v.replace(" ", "").split(",") if part)
+            except ValueError:
+                raise ValueError(f"{v!r}: expected layer numbers separated by commas, e.g. '4,5,6'") from None
+        return v
+
+    @field_validator("mix_layers")
+    @classmethod
+    def _sorted_layers(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        return None if v is None else tuple(sorted(set(v)))
 
 
 @dataclass(frozen=True)
@@ -56,8 +86,10 @@ def _doubled(batch: Batch) -> Batch:
 
 class Mixup(ATMethod):
     name = "mixup"
+    settings = MixupSettings
+    cfg: MixupSettings
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg: MixupSettings) -> None:
         super().__init__(cfg)
         self.layers: tuple[int, ...] | None = None
         self.generator: torch.Generator | None = None  # created on the first draw (or by load_state_dict)

@@ -9,10 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from pydantic import Field
+
+from distat.methods.base import Settings
 
 _EPS = 1e-12
+
+
+class PerturbSettings(Settings):
+    """The knobs of a normalised ascent step in the embedding space: FGM's one step, and each of the k steps
+    of the k-step methods (:class:`distat.methods.pgd.KStepSettings` adds k and the random start)."""
+
+    adv_lr: float = Field(default=0.03, gt=0)  # α: step size of each ascent step
+    max_norm: float = Field(default=0.0, ge=0)  # radius of the norm ball; 0 = unbounded
+    norm_type: Literal["l2", "linf"] = "l2"
 
 
 @dataclass(frozen=True)
@@ -96,8 +109,9 @@ def increments(points: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
-def from_config(cfg, token_level: bool = False) -> Perturbation:  # cfg: distat.config.MethodConfig
+def from_config(cfg: PerturbSettings, token_level: bool = False, init_mag: float = 0.0) -> Perturbation:
+    """The perturbation a method's settings describe (``init_mag``: the random start's radius, if any)."""
     return Perturbation(
-        norm_type=cfg.norm_type, init_mag=cfg.init_mag, step_size=cfg.adv_lr,
+        norm_type=cfg.norm_type, init_mag=init_mag, step_size=cfg.adv_lr,
         max_norm=cfg.max_norm, token_level=token_level,
     )

@@ -7,11 +7,25 @@ the final point: min_θ L(θ; x₀ + δ_k, y). The ascent uses input gradients o
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from distat.methods.base import ATMethod, Batch, StepContext, embeds, forward_logits, token_mask
-from distat.methods.perturb import Perturbation, from_config
+from distat.methods.perturb import Perturbation, PerturbSettings, from_config
+
+
+class KStepSettings(PerturbSettings):
+    """The knobs of every k-step method (PGD, FreeLB, TA-VAT, TRADES, and adaptive AT around the first three)."""
+
+    adv_steps: int = Field(default=3, ge=1, le=100)  # k
+    init_mag: float = Field(default=0.05, ge=0)  # radius of the random initial perturbation
+
+
+class PGDSettings(KStepSettings):
+    name: Literal["pgd"] = "pgd"
 
 
 class KStepMethod(ATMethod):
@@ -23,10 +37,11 @@ class KStepMethod(ATMethod):
     """
 
     token_level = False
+    cfg: KStepSettings
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg: KStepSettings) -> None:
         super().__init__(cfg)
-        self.pert: Perturbation = from_config(cfg, token_level=self.token_level)
+        self.pert: Perturbation = from_config(cfg, token_level=self.token_level, init_mag=cfg.init_mag)
 
     @property
     def default_beta(self) -> float:
@@ -65,3 +80,4 @@ class KStepMethod(ATMethod):
 
 class PGD(KStepMethod):
     name = "pgd"
+    settings = PGDSettings

@@ -12,20 +12,25 @@ FreeLB-style over the steps; distat follows the adaptive-AT paper's formulation.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from distat.methods.base import Batch
-from distat.methods.pgd import KStepMethod
+from distat.methods.pgd import KStepMethod, KStepSettings
+
+
+class TAVATSettings(KStepSettings):
+    name: Literal["tavat"] = "tavat"
 
 
 class TAVAT(KStepMethod):
     name = "tavat"
+    settings = TAVATSettings
     token_level = True
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg: KStepSettings) -> None:
         super().__init__(cfg)
         self.table: torch.Tensor | None = None  # (vocab, hidden) accumulated perturbations
         self.seen: torch.Tensor | None = None  # (vocab,) bool

@@ -8,11 +8,15 @@ exactly one forward per backward (what DDP requires).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from distat.methods.base import ATMethod, Batch, StepContext, embeds, forward_logits, kl_div, token_mask
 from distat.methods.perturb import Perturbation, from_config
+from distat.methods.pgd import KStepSettings
 
 # At δ = 0 the KL is at its minimum and its gradient vanishes, so the ascent needs a non-zero start; the
 # TRADES reference code uses 0.001·N(0, 1). We use that scale when init_mag is 0.
@@ -23,12 +27,19 @@ def _doubled(batch: Batch) -> Batch:
     return {k: torch.cat([v, v]) for k, v in batch.items()}
 
 
+class TRADESSettings(KStepSettings):
+    name: Literal["trades"] = "trades"
+    trades_beta: float = Field(default=6.0, ge=0)  # β_T: weight of the KL term
+
+
 class TRADES(ATMethod):
     name = "trades"
+    settings = TRADESSettings
+    cfg: TRADESSettings
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg: TRADESSettings) -> None:
         super().__init__(cfg)
-        self.pert: Perturbation = from_config(cfg)
+        self.pert: Perturbation = from_config(cfg, init_mag=cfg.init_mag)
 
     def _start(self, x0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.pert.init_mag > 0:

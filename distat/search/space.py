@@ -54,9 +54,11 @@ from pydantic import (
     model_validator,
 )
 
+from distat import methods
 from distat.attacks.recipes import RECIPES, AttackOptions
 from distat.config import TrialConfig, read_yaml, set_dotted
-from distat.errors import ConfigError
+from distat.errors import ConfigError, KeyedError, first_problem, format_validation_error
+from distat.settings import Strict
 
 if TYPE_CHECKING:
     import optuna
@@ -124,17 +126,8 @@ _KINDS = ("choice", "uniform", "loguniform", "int")
 Number = Annotated[float, Field(strict=True)]
 
 
-class _KeyedError(ValueError):
-    """A validation problem below the location pydantic knows: ``key`` is appended to its path."""
-
-    def __init__(self, key: tuple[str | int, ...], message: str) -> None:
-        super().__init__(message)
-        self.key = tuple(str(k) for k in key)
-        self.message = message
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# keys of the trial config that the search sets itself: not listed among the allowed keys of an error
+_HIDDEN = frozenset({"output_dir"})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -143,16 +136,19 @@ class _Strict(BaseModel):
 
 @functools.cache
 def _trial_fields() -> dict[str, Any]:
-    """Every leaf setting of TrialConfig: dotted path → its pydantic FieldInfo."""
+    """Every leaf setting of TrialConfig: dotted path → its pydantic FieldInfo. The ``method`` section is the
+    union of every method's settings, so its paths are those of all the methods (the first one found wins:
+    a knob shared by several methods is declared once, in a common base class)."""
     out: dict[str, Any] = {}
 
     def walk(model: type[BaseModel], prefix: str) -> None:
         for name, info in model.model_fields.items():
-            nested = _model_of(info.annotation)
-            if nested is not None:
-                walk(nested, f"{prefix}{name}.")
+            nested = _models_of(info.annotation)
+            if nested:
+                for member in nested:
+                    walk(member, f"{prefix}{name}.")
             else:
-                out[prefix + name] = info
+                out.setdefault(prefix + name, info)
 
     walk(TrialConfig, "")
     return out
@@ -162,15 +158,47 @@ def _is_model(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
-def _model_of(annotation: Any) -> type[BaseModel] | None:
-    """The settings model of a field typed ``Model`` or ``Model | None`` (an optional section), else None."""
+def _models_of(annotation: Any) -> list[type[BaseModel]]:
+    """The settings models of a field typed ``Model``, ``Model | None`` (an optional section) or a union of
+    models (the method settings), else none."""
     if _is_model(annotation):
-        return annotation
+        return [annotation]
     if get_origin(annotation) in (typing.Union, types.UnionType):
-        models = [a for a in get_args(annotation) if _is_model(a)]
-        if len(models) == 1 and all(a is type(None) or a is models[0] for a in get_args(annotation)):
-            return models[0]
-    return None
+        args = get_args(annotation)
+        models = [a for a in args if _is_model(a)]
+        if models and all(a is type(None) or _is_model(a) for a in args):
+            return models
+    return []
+
+
+def _method_fields(label: str | None) -> frozenset[str] | None:
+    """The keys the method ``label`` (``pgd``, ``adaptive_freelb``) accepts; None for no known method."""
+    cls = methods.settings_class(label) if label else None
+    return frozenset(cls.model_fields) if cls is not None else None
+
+
+def _labels(names: typing.Iterable[Any]) -> list[str]:
+    """The method labels of ``names`` (choices of the ``method`` parameter, labels), in order, once each;
+    names of no method are left out (their own check reports them)."""
+    out: list[str] = []
+    for name in names:
+        label = methods.label_of({"name": name}) if isinstance(name, str) else None
+        if label and label not in out:
+            out.append(label)
+    return out
+
+
+def _fit_method(method: dict[str, Any]) -> dict[str, Any]:
+    """A raw ``method`` mapping with only the knobs its named method has (unchanged for an unknown name).
+
+    In a search that chooses the method, the base trial's method knobs are settings for whichever method a
+    trial runs: each applies to the methods that have it. That every knob belongs to one of the search's
+    methods is checked at load time (:meth:`SearchConfig._method_knobs`).
+    """
+    fields = _method_fields(methods.label_of(method))
+    if fields is None:
+        return method
+    return {k: v for k, v in method.items() if k in fields or k in ("name", "base")}
 
 
 def param_target(name: str) -> str:
@@ -218,7 +246,7 @@ def _fmt_list(values: typing.Iterable[Any]) -> str:
 # Models
 
 
-class ParamSpec(_Strict):
+class ParamSpec(Strict):
     """One searched parameter: exactly one distribution, an optional step, an optional condition."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
@@ -279,10 +307,10 @@ class ParamSpec(_Strict):
         seen: set[tuple[bool, Any]] = set()
         for i, v in enumerate(value):
             if not _is_scalar(v):
-                raise _KeyedError((i,), f"choices must be strings, finite numbers, booleans or null, got {v!r}")
+                raise KeyedError((i,), f"choices must be strings, finite numbers, booleans or null, got {v!r}")
             key = (isinstance(v, bool), v)
             if key in seen:
-                raise _KeyedError((i,), f"{_fmt(v)} is listed twice")
+                raise KeyedError((i,), f"{_fmt(v)} is listed twice")
             seen.add(key)
         return value
 
@@ -302,10 +330,10 @@ class ParamSpec(_Strict):
             raise ValueError("empty condition: name at least one earlier parameter")
         for dep, values in value.items():
             if not values:
-                raise _KeyedError((dep,), "empty list of values")
+                raise KeyedError((dep,), "empty list of values")
             for i, v in enumerate(values):
                 if not _is_scalar(v):
-                    raise _KeyedError((dep, i), f"expected a string, number, boolean or null, got {v!r}")
+                    raise KeyedError((dep, i), f"expected a string, number, boolean or null, got {v!r}")
         return value
 
     @model_validator(mode="after")
@@ -320,22 +348,22 @@ class ParamSpec(_Strict):
         if step is None:
             return self
         if kind not in ("uniform", "int"):
-            raise _KeyedError(("step",), f"step is only for uniform and int, not {kind}")
+            raise KeyedError(("step",), f"step is only for uniform and int, not {kind}")
         if isinstance(step, bool) or not isinstance(step, int | float) or not math.isfinite(step):
-            raise _KeyedError(("step",), f"expected a number, got {step!r}")
+            raise KeyedError(("step",), f"expected a number, got {step!r}")
         if step <= 0:
-            raise _KeyedError(("step",), f"must be > 0, got {_fmt(step)}")
+            raise KeyedError(("step",), f"must be > 0, got {_fmt(step)}")
         low, high = self.bounds
         if kind == "int":
             if not isinstance(step, int):
-                raise _KeyedError(("step",), f"must be a whole number for int, got {step!r}")
+                raise KeyedError(("step",), f"must be a whole number for int, got {step!r}")
             if (high - low) % step:
-                raise _KeyedError(("step",), f"high - low ({high - low}) must be a multiple of step {step}")
+                raise KeyedError(("step",), f"high - low ({high - low}) must be a multiple of step {step}")
         else:
             n = (high - low) / step
             if abs(n - round(n)) > 1e-9 * max(1.0, abs(n)):
-                raise _KeyedError(("step",), f"high - low ({_fmt(high - low)}) must be a multiple of step "
-                                             f"{_fmt(step)}")
+                raise KeyedError(("step",), f"high - low ({_fmt(high - low)}) must be a multiple of step "
+                                            f"{_fmt(step)}")
         return self
 
     def _raw(self, kind: str) -> Any:
@@ -389,7 +417,7 @@ class ParamSpec(_Strict):
         return text
 
 
-class AttackOptionSettings(_Strict):
+class AttackOptionSettings(Strict):
     """:class:`distat.attacks.recipes.AttackOptions` as YAML; null keeps the recipe's own value."""
 
     max_candidates: StrictInt | None = Field(default=None, ge=1)  # K: candidates per word
@@ -401,7 +429,7 @@ class AttackOptionSettings(_Strict):
         return AttackOptions(**self.model_dump())
 
 
-class AttackSettings(_Strict):
+class AttackSettings(Strict):
     """Robust evaluation of each trial's own model after training, on a fixed seeded dev subset."""
 
     recipe: str = "textfooler"  # one of distat.attacks.recipes.RECIPES
@@ -444,7 +472,7 @@ class AttackSettings(_Strict):
         return _whole_above_one(value)
 
 
-class SearchSettings(_Strict):
+class SearchSettings(Strict):
     """The Optuna side: how many trials, how many at once, the objectives."""
 
     num_samples: StrictInt = Field(default=4, ge=1)  # trials in total
@@ -464,7 +492,7 @@ class SearchSettings(_Strict):
         return ["max"] * len(self.objectives)
 
 
-class ResourceSettings(_Strict):
+class ResourceSettings(Strict):
     """Per trial: Ray Train workers (DDP across them) and what each one holds."""
 
     num_workers: StrictInt = Field(default=1, ge=1)
@@ -481,11 +509,11 @@ class ResourceSettings(_Strict):
     def _consistent(self) -> ResourceSettings:
         if self.gpus_per_worker is not None:
             if self.gpus_per_worker > 0 and not self.use_gpu:
-                raise _KeyedError(("gpus_per_worker",), "GPUs per worker need use_gpu: true")
+                raise KeyedError(("gpus_per_worker",), "GPUs per worker need use_gpu: true")
             if self.gpus_per_worker == 0 and self.use_gpu:
-                raise _KeyedError(("gpus_per_worker",), "must be > 0 with use_gpu: true")
+                raise KeyedError(("gpus_per_worker",), "must be > 0 with use_gpu: true")
         if self.cpus_per_worker == 0 and not self.use_gpu:
-            raise _KeyedError(("cpus_per_worker",), "a worker without a GPU needs CPUs: must be > 0")
+            raise KeyedError(("cpus_per_worker",), "a worker without a GPU needs CPUs: must be > 0")
         return self
 
     @property
@@ -510,7 +538,7 @@ def _whole_above_one(value: float) -> float:
     return value
 
 
-class SearchConfig(_Strict):
+class SearchConfig(Strict):
     """A whole search, validated; ``trial`` stays the raw mapping that every trial config starts from."""
 
     name: str
@@ -555,16 +583,19 @@ class SearchConfig(_Strict):
     @classmethod
     def _trial(cls, trial: dict[str, Any]) -> dict[str, Any]:
         if "output_dir" in trial:
-            raise _KeyedError(("output_dir",), "set by the search (one folder per trial): remove it")
+            raise KeyedError(("output_dir",), "set by the search (one folder per trial): remove it")
+        fitted = {**trial, "output_dir": _PLACEHOLDER_DIR}
+        if isinstance(trial.get("method"), dict):  # knobs for other methods of the search: see _method_knobs
+            fitted["method"] = _fit_method(trial["method"])
         try:
-            cfg = TrialConfig.model_validate({**trial, "output_dir": _PLACEHOLDER_DIR})
+            cfg = TrialConfig.model_validate(fitted)
         except ValidationError as e:
-            loc, msg = _first_problem(e, TrialConfig)
-            raise _KeyedError(loc, msg) from None
+            loc, msg = first_problem(e, TrialConfig, _HIDDEN)
+            raise KeyedError(loc, msg) from None
         for target in _PATH_TARGETS:
             problem = _path_problem(target, _get_dotted(cfg, target))
             if problem:
-                raise _KeyedError(tuple(target.split(".")), problem)
+                raise KeyedError(tuple(target.split(".")), problem)
         return trial
 
     @field_validator("params")
@@ -576,42 +607,43 @@ class SearchConfig(_Strict):
         targets: dict[str, str] = {}
         for i, (name, spec) in enumerate(params.items()):
             if not name or "/" in name:
-                raise _KeyedError((name,), "parameter names must be non-empty and without '/'")
+                raise KeyedError((name,), "parameter names must be non-empty and without '/'")
             try:
                 target = param_target(name)
             except ValueError as e:
-                raise _KeyedError((name,), str(e)) from None
+                raise KeyedError((name,), str(e)) from None
             if target in targets:
-                raise _KeyedError((name,), f"sets {target}, like {targets[target]}")
+                raise KeyedError((name,), f"sets {target}, like {targets[target]}")
             targets[target] = name
             kinds = _range_kinds(target)
             if spec.kind != "choice" and spec.kind not in kinds:
                 hint = "use int: [low, high] or choice: [...]" if kinds else "use choice: [...]"
                 what = "whole numbers" if kinds else "no numbers"
-                raise _KeyedError((name, spec.kind), f"{target} takes {what}: {hint}")
+                raise KeyedError((name, spec.kind), f"{target} takes {what}: {hint}")
             for dep, values in (spec.when or {}).items():
                 if dep not in names[:i]:
                     where = "declared after it" if dep in names else "not a searched parameter"
-                    raise _KeyedError((name, "when", dep), f"a condition needs a categorical parameter declared "
-                                                           f"before this one; {dep} is {where}")
+                    raise KeyedError((name, "when", dep), f"a condition needs a categorical parameter declared "
+                                                          f"before this one; {dep} is {where}")
                 dep_spec = params[dep]
                 if dep_spec.kind != "choice":
-                    raise _KeyedError((name, "when", dep), f"{dep} is not categorical ({dep_spec.kind}); "
-                                                           "conditions need a choice parameter")
+                    raise KeyedError((name, "when", dep), f"{dep} is not categorical ({dep_spec.kind}); "
+                                                          "conditions need a choice parameter")
                 for j, value in enumerate(values):
                     if value not in (dep_spec.choice or ()):
-                        raise _KeyedError((name, "when", dep, j), f"{dep} cannot be {_fmt(value)} (its choices: "
-                                                                  f"{_fmt_list(dep_spec.choice or ())})")
+                        raise KeyedError((name, "when", dep, j), f"{dep} cannot be {_fmt(value)} (its choices: "
+                                                                 f"{_fmt_list(dep_spec.choice or ())})")
         return params
 
     @model_validator(mode="after")
     def _whole(self) -> SearchConfig:
-        base = TrialConfig.model_validate({**self.trial, "output_dir": _PLACEHOLDER_DIR})
+        self._method_knobs()
+        base = _build({}, self.trial, _PLACEHOLDER_DIR)
         if base.model.device == "cuda" and not self.resources.use_gpu:
-            raise _KeyedError(("trial", "model", "device"), "cuda needs resources.use_gpu: true")
+            raise KeyedError(("trial", "model", "device"), "cuda needs resources.use_gpu: true")
         if base.data.max_dev_examples is not None and self.attack.n > base.data.max_dev_examples:
-            raise _KeyedError(("attack", "n"), f"{self.attack.n} examples to attack but the dev split is cut to "
-                                               f"{base.data.max_dev_examples} (trial.data.max_dev_examples)")
+            raise KeyedError(("attack", "n"), f"{self.attack.n} examples to attack but the dev split is cut to "
+                                              f"{base.data.max_dev_examples} (trial.data.max_dev_examples)")
         # Every choice and range end, applied to the base trial (with the conditions that enable it).
         for name, spec in self.params.items():
             target = param_target(name)
@@ -620,13 +652,75 @@ class SearchConfig(_Strict):
                 try:
                     _build({**enabling, name: value}, self.trial, _PLACEHOLDER_DIR)
                 except ValidationError as e:
-                    loc, msg = _first_problem(e, TrialConfig)
-                    raise _KeyedError(("params", name, *key), f"{_fmt(value)} makes an invalid trial: "
-                                                              f"{'.'.join(loc)}: {msg}") from None
+                    loc, msg = first_problem(e, TrialConfig, _HIDDEN)
+                    raise KeyedError(("params", name, *key), f"{_fmt(value)} makes an invalid trial: "
+                                                             f"{'.'.join(loc)}: {msg}") from None
                 problem = _path_problem(target, value)
                 if problem:
-                    raise _KeyedError(("params", name, *key), problem)
+                    raise KeyedError(("params", name, *key), problem)
         return self
+
+    def _method_knobs(self) -> None:
+        """Every method knob must exist for each method it can be applied with.
+
+        A searched knob (``adv_steps``) for every method a trial may run when the knob is sampled (its
+        ``when`` conditions, followed through the parameters they name, and the ``method`` choices); a knob
+        of the base trial for its own method, or, when the search chooses the method, for at least one of
+        the methods the search can run (it then applies to those that have it).
+        """
+        raw = self.trial.get("method") or {}
+        base_label = methods.label_of(raw)
+        base_cls = methods.settings_class(base_label) if base_label else None
+        if base_cls is None:  # the trial's own validation has reported it
+            return
+        method_param = self._method_param()
+        searched = self.params[method_param] if method_param else None
+        labels = _labels([base_label, *(searched.choice or () if searched is not None else ())])
+        for knob in raw:
+            if knob in base_cls.model_fields or knob in ("name", "base"):
+                continue
+            if searched is None:
+                allowed = ", ".join(base_cls.model_fields)
+                raise KeyedError(("trial", "method", knob),
+                                 f"unknown key for method {base_label!r} (allowed: {allowed})")
+            if not any(knob in (_method_fields(label) or ()) for label in labels):
+                raise KeyedError(("trial", "method", knob),
+                                 f"unknown key for every method this search runs ({', '.join(labels)})")
+        for name in self.params:
+            target = param_target(name)
+            if not target.startswith("method.") or target == "method.name":
+                continue
+            knob = target.removeprefix("method.")
+            for label in self._methods_for(name, base_label):
+                fields = _method_fields(label)
+                if fields is not None and knob not in fields:
+                    having = [m for m in labels if knob in (_method_fields(m) or ())]
+                    hint = (f": search it only where it exists, e.g. when: {{method: [{', '.join(having)}]}}"
+                            if having and searched is not None else "")
+                    raise KeyedError(("params", name), f"method {label!r} has no setting {knob}{hint}")
+
+    def _method_param(self) -> str | None:
+        """The searched parameter that chooses the method (``method``), if any."""
+        return next((n for n in self.params if param_target(n) == "method.name"), None)
+
+    def _methods_for(self, name: str, base_label: str | None) -> list[str]:
+        """The methods (labels) a trial may run when parameter ``name`` is sampled: those its conditions
+        allow, followed through the parameters they name; else the method choices (and the base trial's
+        method when the choice itself is conditional); else the base trial's."""
+        method_param = self._method_param()
+        allowed: list[Any] | None = None
+        stack, seen = [name], {name}
+        while stack:
+            for dep, values in (self.params[stack.pop()].when or {}).items():
+                if dep == method_param:
+                    allowed = list(values) if allowed is None else [v for v in allowed if v in values]
+                elif dep not in seen:
+                    seen.add(dep)
+                    stack.append(dep)
+        if allowed is None and method_param is not None:
+            spec = self.params[method_param]
+            allowed = [*(spec.choice or ()), *([base_label] if spec.when else [])]
+        return _labels([base_label] if allowed is None else allowed)
 
     def _enabling(self, name: str) -> dict[str, Any]:
         """Values of the parameters that ``name``'s condition (transitively) needs: the first allowed."""
@@ -687,43 +781,6 @@ def _get_dotted(obj: Any, path: str) -> Any:
 # Errors
 
 
-def _allowed_keys(root: type[BaseModel], parent: tuple[str, ...]) -> list[str] | None:
-    """The keys a mapping at ``parent`` (below ``root``) accepts, when it is one of our models."""
-    model, i = root, 0
-    while i < len(parent):
-        info = next((f for n, f in model.model_fields.items() if parent[i] in (n, f.alias)), None)
-        if info is None:
-            return None
-        annotation = info.annotation
-        if _is_model(annotation):
-            model, i = annotation, i + 1
-        elif get_origin(annotation) is dict and _is_model(get_args(annotation)[1]):
-            model, i = get_args(annotation)[1], i + 2  # skip the mapping's own key (a parameter name)
-        else:
-            return None
-    return [f.alias or n for n, f in model.model_fields.items() if not (model is TrialConfig and n == "output_dir")]
-
-
-def _first_problem(err: ValidationError, root: type[BaseModel]) -> tuple[tuple[str, ...], str]:
-    """The first problem of a pydantic error as (key path, message)."""
-    first = err.errors()[0]
-    loc = tuple(str(p) for p in first["loc"])
-    cause = (first.get("ctx") or {}).get("error")
-    if isinstance(cause, _KeyedError):
-        return loc + cause.key, cause.message
-    if first["type"] == "extra_forbidden":
-        allowed = _allowed_keys(root, loc[:-1])
-        return loc, "unknown key" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
-    return loc, str(first["msg"]).removeprefix("Value error, ")
-
-
-def _format(err: ValidationError, source: str) -> str:
-    loc, msg = _first_problem(err, SearchConfig)
-    more = len(err.errors()) - 1
-    extra = f" (and {more} more problem(s))" if more else ""
-    return f"{source}: {'.'.join(loc) or '<top level>'}: {msg}{extra}"
-
-
 # --------------------------------------------------------------------------------------------------
 # API
 
@@ -738,7 +795,7 @@ def parse_search_config(data: dict[str, Any], source: str = "<search>") -> Searc
     try:
         return SearchConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format(e, source)) from None
+        raise ConfigError(format_validation_error(e, source, SearchConfig)) from None
 
 
 def param_names(cfg: SearchConfig) -> list[str]:
@@ -769,8 +826,9 @@ def apply_params(cfg: SearchConfig, params: dict[str, Any], output_dir: str) -> 
     """The full config of one trial: the base ``trial`` with the sampled ``params`` applied.
 
     ``params`` may be any subset of the search's parameters (a missing one keeps the base value); an
-    unknown name is an error. ``method: adaptive_pgd`` goes through MethodConfig's shorthand; changing
-    the method keeps the base's method knobs. ``beta: auto`` is None (the method's default).
+    unknown name is an error. ``method: adaptive_pgd`` goes through the method settings' shorthand; changing
+    the method keeps those of the base's method knobs that the new method has. ``beta: auto`` is None (the
+    method's default).
     """
     unknown = [name for name in params if name not in cfg.params]
     if unknown:
@@ -786,7 +844,7 @@ def apply_params(cfg: SearchConfig, params: dict[str, Any], output_dir: str) -> 
     try:
         return _build(ordered, base, output_dir)
     except ValidationError as e:
-        loc, msg = _first_problem(e, TrialConfig)
+        loc, msg = first_problem(e, TrialConfig, _HIDDEN)
         raise ConfigError(f"search {cfg.name}: params {ordered}: {'.'.join(loc)}: {msg}") from None
 
 
@@ -799,16 +857,19 @@ def _largest_aug_ratio(cfg: SearchConfig) -> float | None:
 
 def _build(values: dict[str, Any], base: dict[str, Any], output_dir: str) -> TrialConfig:
     data = copy.deepcopy(base)
+    targets = {name: param_target(name) for name in values}
+    if isinstance(data.get("method"), dict) or "method.name" in targets.values():
+        method = dict(data.get("method") or {})
+        for name, target in targets.items():
+            if target == "method.name":  # the name decides the base: drop the base trial's, keep the knobs
+                method.pop("base", None)
+                method["name"] = values[name]
+        data["method"] = _fit_method(method)  # before the searched knobs: those are checked at load time
     for name, value in values.items():
-        target = param_target(name)
+        target = targets[name]
         if target in AUTO_IS_NONE and value == "auto":
             value = None
-        if target == "method.name":  # the name decides the base: drop the base trial's, keep the knobs
-            method = dict(data.get("method") or {})
-            method.pop("base", None)
-            method["name"] = value
-            data["method"] = method
-        else:
+        if target != "method.name":
             set_dotted(data, target, value)
     data["output_dir"] = output_dir
     return TrialConfig.model_validate(data)

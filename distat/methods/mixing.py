@@ -33,7 +33,9 @@ Limitation: the hooks are removed when :func:`mixing` exits, before the backward
 activation (gradient) checkpointing enabled would recompute layer L *unmixed* in the backward pass;
 distat never enables it.
 
-This module is pure torch: no Ray, MLflow or TextAttack.
+It lives with the methods (not in :mod:`distat.augment`) because it changes the model's forward pass, not
+the training data: :class:`distat.methods.mixup.Mixup` is its user. This module is pure torch: no Ray,
+MLflow or TextAttack.
 """
 
 from __future__ import annotations
