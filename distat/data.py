@@ -17,6 +17,10 @@ A TSV file in which every field that holds a double quote is a well-formed CSV-q
 pandas or Python's ``csv`` module) is unquoted; the files in ``../shared/data`` (agnews, imdb, qnli,
 advglue/qnli) are written that way.
 
+Saved and Hub datasets are read with the Hugging Face ``datasets`` library; the four file formats are parsed
+here, because its loaders would lose the line numbers and the raw values these checks report (see the
+comment above ``_Table``).
+
 Tokenised splits (:class:`EncodedSplit`) stay unpadded; :func:`collate` pads a batch only to its own
 longest sequence.
 """
@@ -38,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from distat.atomic import write_text
 from distat.errors import DataError, first_line
@@ -162,6 +167,14 @@ class Dataset:
 
 # --------------------------------------------------------------------------------------------------
 # Raw tables: what a file parser returns before validation
+#
+# The parsers are hand-written because the `datasets` loaders ("csv", "json", "parquet") cannot keep these
+# checks (tried with datasets 5.0): the CSV loader (pandas) reads a label column as float64, so "1.0" would
+# pass as label 1, reads an empty text as None and loses the line numbers (a quoted field may span lines);
+# the JSON loader skips blank lines and counts a broken line from 0 within a block, not in the file;
+# GLUE TSV needs no quote processing plus the CSV-quoted-field rule below; and every loader first copies
+# the file into an Arrow cache under HF_DATASETS_CACHE. Reading each file once, as bytes, also makes the
+# fingerprint hash exactly what was parsed. Parquet is read with pyarrow, the reader `datasets` uses too.
 
 
 @dataclass
@@ -862,8 +875,14 @@ def encode(split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int) ->
     )
 
 
-def _pad(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
-    return torch.tensor([row + [value] * (width - len(row)) for row in rows], dtype=torch.int64)
+# transformers' DataCollatorWithPadding does not fit here: it pads through a tokenizer, which needs a pad
+# token (callers pass only the pad id, 0 for a tokenizer without one), pads on the tokenizer's side (some
+# pad on the left; these batches are always right-padded) and adds no token_type_ids when the tokenizer
+# makes none (the methods get zeros). For a right-padding tokenizer with a pad token it gives the same
+# tensors, which tests/test_data.py checks.
+def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    tensors = [torch.tensor(row, dtype=torch.int64) for row in rows]
+    return pad_sequence(tensors, batch_first=True, padding_value=value)
 
 
 def collate(encoded: EncodedSplit, indices: Sequence[int], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -876,16 +895,15 @@ def collate(encoded: EncodedSplit, indices: Sequence[int], pad_token_id: int) ->
             f"pad_token_id must be an integer (has the tokenizer a pad token?): {pad_token_id!r}"
         )
     ids = [encoded.input_ids[i] for i in picked]
-    width = max(len(row) for row in ids)
     types = (
         [[0] * len(row) for row in ids]
         if encoded.token_type_ids is None
         else [encoded.token_type_ids[i] for i in picked]
     )
     return {
-        "input_ids": _pad(ids, width, pad_token_id),
-        "attention_mask": _pad([[1] * len(row) for row in ids], width, 0),
-        "token_type_ids": _pad(types, width, 0),
+        "input_ids": _pad(ids, pad_token_id),
+        "attention_mask": _pad([[1] * len(row) for row in ids], 0),
+        "token_type_ids": _pad(types, 0),
         "labels": encoded.labels[torch.tensor(picked, dtype=torch.int64)],
     }
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distat.errors import ModelError
+from distat.errors import ModelError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - any loader failure is one line for the user
-        raise ModelError(f"backbone {path}: cannot load its tokenizer: {_one_line(e)}") from None
+        raise ModelError(f"backbone {path}: cannot load its tokenizer: {first_line(e, 300, typed=True)}") from None
     if not tok.model_max_length or tok.model_max_length > 100_000:
         tok.model_max_length = _FALLBACK_MAX_LENGTH
     return tok
@@ -70,7 +70,9 @@ def load_classifier(path: Path, num_labels: int, trust_remote_code: bool = False
             ignore_mismatched_sizes=False,
         )
     except Exception as e:  # noqa: BLE001
-        raise ModelError(f"backbone {path}: cannot load a {num_labels}-label classifier: {_one_line(e)}") from None
+        raise ModelError(
+            f"backbone {path}: cannot load a {num_labels}-label classifier: {first_line(e, 300, typed=True)}"
+        ) from None
     finally:
         hf_logging.set_verbosity(verbosity)
     if model.get_input_embeddings() is None:
@@ -102,8 +104,3 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def input_embeddings(model: nn.Module) -> nn.Embedding:
     return unwrap(model).get_input_embeddings()
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text[:300]}"

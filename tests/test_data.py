@@ -383,6 +383,30 @@ def test_iter_batches_order_and_last_partial_batch(tokenizer) -> None:
     assert torch.cat([b["labels"] for b in default]).tolist() == split.labels
 
 
+def test_collate_matches_transformers_padding_collator(tokenizer) -> None:
+    """For a right-padding tokenizer with a pad token, collate's batches are DataCollatorWithPadding's."""
+    from transformers import DataCollatorWithPadding
+
+    assert tokenizer.padding_side == "right" and tokenizer.pad_token_id is not None
+    collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    for name, rows in (("sst2", [0, 3, 6, 9, 12]), ("qnli", [0, 1, 2, 3])):
+        split = load_dataset(shared_data_dir() / name, splits=["dev"]).split("dev").subset(rows)
+        enc = encode(split, tokenizer, max_length=48)
+        assert enc.token_type_ids is not None
+        order = [len(enc) - 1, *range(len(enc) - 1)]
+        ours = collate(enc, order, tokenizer.pad_token_id)
+        theirs = collator(
+            [
+                {"input_ids": enc.input_ids[i], "token_type_ids": enc.token_type_ids[i], "label": split.labels[i]}
+                for i in order
+            ]
+        )
+        assert set(ours) == set(theirs)
+        for key, tensor in ours.items():
+            assert tensor.dtype == theirs[key].dtype, key
+            assert torch.equal(tensor, theirs[key]), key
+
+
 # --------------------------------------------------------------------------------------------------
 # builtin:rotten_tomatoes
 

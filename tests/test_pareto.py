@@ -352,6 +352,7 @@ def rendered(tmp_path_factory) -> tuple[str, Path]:
     return exe, page
 
 
+@pytest.mark.slow
 def test_chromium_dom_after_script(rendered, tmp_path):
     exe, page = rendered
     dom_text = run_chromium(exe, tmp_path / "profile", "--dump-dom", page.as_uri()).stdout
@@ -369,6 +370,7 @@ def test_chromium_dom_after_script(rendered, tmp_path):
     assert XSS not in dom_text
 
 
+@pytest.mark.slow
 def test_chromium_screenshot_is_not_blank(rendered, tmp_path):
     from PIL import Image
 
@@ -404,6 +406,7 @@ HARNESS = """<script>
 </body>"""
 
 
+@pytest.mark.slow
 def test_chromium_hover_and_toggle(rendered, tmp_path):
     exe, page = rendered
     # the page plus a script that hovers a front point and unticks "show dominated", recording the effects

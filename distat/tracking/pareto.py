@@ -27,12 +27,14 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from distat.dicts import flatten
 
 __all__ = [
     "DIVERGED_COLOR",
@@ -145,14 +147,6 @@ def hypervolume(points: Sequence[TrialPoint], reference: tuple[float, float] = (
     return area
 
 
-def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
-    if isinstance(value, Mapping) and value:
-        for key, sub in value.items():
-            _flatten(f"{prefix}.{key}", sub, out)
-    else:
-        out[prefix] = value
-
-
 def front_table(points: Sequence[TrialPoint]) -> pd.DataFrame:
     """One row per trial: ``trial_id, clean_acc, robust_acc, on_front, diverged``, then the searched values
     as ``param.<name>`` columns (nested dicts flattened with dots, missing values empty), then the extras
@@ -172,9 +166,7 @@ def front_table(points: Sequence[TrialPoint]) -> pd.DataFrame:
             "diverged": point.diverged,
             "infeasible": point.infeasible,
         }
-        flat: dict[str, Any] = {}
-        for name, value in point.params.items():
-            _flatten(f"param.{name}", value, flat)
+        flat = flatten(point.params, prefix="param.", keep_empty=True)
         param_columns.update(dict.fromkeys(flat))
         for name in point.extra:
             if name in _CORE_COLUMNS or name.startswith("param."):
