@@ -61,9 +61,9 @@ def main() -> int:
     parser.add_argument("--victim-epochs", type=int, default=3)
     args = parser.parse_args()
 
-    from distat.attacks import resources
+    from distat import resources
     from distat.search.space import parse_search_config
-    from distat.search.tuner import finished_trials
+    from distat.search.state import finished_trials
 
     cache = resources.cache_dir()
     points = [{"aug_ratio": r} for r in RATIOS]
@@ -78,9 +78,9 @@ def main() -> int:
         victims = (len(list((work / "searches" / "ada_cache").glob("victim-*")))
                    + len(list((work / "searches" / name).glob("trials/*/ada_private/victim-*"))))
         results[name] = {"wall_s": elapsed, "pools_generated": generated, "victims_trained": victims,
-                         "ada_examples": sorted(f["metrics"].get("ada_examples", 0) for f in finals),
-                         "ada_s": sum(f["metrics"].get("time_ada_s", 0.0) for f in finals),
-                         "clean_acc": sorted(round(f["metrics"]["clean_acc"], 4) for f in finals)}
+                         "ada_examples": sorted(f.metrics.get("ada_examples", 0) for f in finals),
+                         "ada_s": sum(f.metrics.get("time_ada_s", 0.0) for f in finals),
+                         "clean_acc": sorted(round(f.metrics["clean_acc"], 4) for f in finals)}
         print(f"{name}: {elapsed:.1f} s  {results[name]}", file=sys.stderr)
 
     out = {

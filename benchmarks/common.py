@@ -16,20 +16,15 @@ def run_search(scfg, workdir: Path, cache: Path, points: list[dict]) -> tuple[fl
     written front; returns the wall time and the trials' :class:`TrialPoint` s."""
     import time
 
-    import ray
-
-    from distat.search.tuner import finish_search, ray_env_defaults, start_search, trial_points
+    from distat.search.cluster import ray_session
+    from distat.search.driver import finish_search, start_search, trial_points
 
     storage = workdir / "searches"
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     t0 = time.perf_counter()
-    ray_env_defaults(local=True)
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
+    with ray_session():
         start_search(scfg, storage=storage, tracking_uri=uri, cache_dir=cache, points_to_evaluate=points)
         finish_search(scfg, storage / scfg.name, uri)
-    finally:
-        ray.shutdown()
     return time.perf_counter() - t0, trial_points(storage / scfg.name)
 
 

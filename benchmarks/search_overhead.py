@@ -72,13 +72,14 @@ def run_plain(scfg, workdir: Path, cache: Path) -> tuple[float, list[dict]]:
     """The 4 trials back to back in this process, one thread, attacks in-process."""
     import torch
 
+    from distat.search.evaluation import robust_eval
     from distat.search.space import apply_params
-    from distat.search.tuner import _robust_eval
+    from distat.search.state import ResourceRefs
     from distat.training import run_trial
 
     torch.set_num_threads(1)
     plain_attack = scfg.model_copy(update={"attack": scfg.attack.model_copy(update={"actors": 0})})
-    spec = {"cache_dir": str(cache), "resource_overrides": {}}
+    refs = ResourceRefs(cache_dir=str(cache))
     results = []
     t0 = time.perf_counter()
     for i, point in enumerate(POINTS):
@@ -86,7 +87,7 @@ def run_plain(scfg, workdir: Path, cache: Path) -> tuple[float, list[dict]]:
         t_train = time.perf_counter()
         result = run_trial(apply_params(scfg, point, str(out)), out)
         t_attack = time.perf_counter()
-        robust = _robust_eval(plain_attack, spec, result.checkpoint, out)
+        robust = robust_eval(plain_attack, refs, result.checkpoint, out)
         results.append({"clean_acc": result.metrics["clean_acc"], "robust_acc": robust["robust_acc"],
                         "train_s": t_attack - t_train, "attack_s": time.perf_counter() - t_attack})
     elapsed = time.perf_counter() - t0
@@ -95,13 +96,13 @@ def run_plain(scfg, workdir: Path, cache: Path) -> tuple[float, list[dict]]:
 
 
 def run_search_timed(scfg, workdir: Path, cache: Path) -> tuple[float, list[dict]]:
-    from distat.search.tuner import finished_trials
+    from distat.search.state import finished_trials
 
     elapsed, points = run_search(scfg, workdir, cache, POINTS)
     finals = finished_trials(workdir / "searches" / scfg.name)
     out = []
     for p in points:
-        m = finals[p.trial_id]["metrics"]
+        m = finals[p.trial_id].metrics
         out.append({"method": p.params["method"], "clean_acc": p.clean_acc, "robust_acc": p.robust_acc,
                     "train_s": m["time_train_s"], "train_loop_s": m["time_train_loop_s"],
                     "attack_s": m.get("time_attack_s", 0.0)})
@@ -120,7 +121,7 @@ def main() -> int:
                         help="attack actors per trial in the searches (0: attack in the trial's Train worker)")
     args = parser.parse_args()
 
-    from distat.attacks import resources
+    from distat import resources
     from distat.search.space import parse_search_config
 
     cache = resources.cache_dir()

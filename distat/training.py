@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -37,7 +38,7 @@ from distat import data as data_mod
 from distat import methods
 from distat.atomic import atomic_dir
 from distat.config import TrialConfig
-from distat.errors import ModelError
+from distat.errors import ModelError, format_validation_error
 from distat.methods.base import StepContext
 from distat.models import autocast_factory, load_classifier, load_tokenizer, pick_device, resolve_backbone
 
@@ -149,6 +150,13 @@ def make_optimizer(module: nn.Module, cfg: TrialConfig) -> torch.optim.Optimizer
 
 
 def make_scheduler(opt: torch.optim.Optimizer, total_steps: int, warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_ratio`` of the steps, then linear decay to 0 at ``total_steps``.
+
+    Not ``transformers.get_linear_schedule_with_warmup``: its warm-up starts at ``step / warmup``, so the
+    first step runs at learning rate 0, where this one starts at ``1 / (warmup + 1)``; switching would change
+    every trial's learning rates and what old checkpoints resume to. This schedule is the library's with
+    ``warmup + 1`` and ``total_steps + 1`` steps, one step ahead (tests/test_training.py checks that).
+    """
     warmup = int(round(total_steps * warmup_ratio))
 
     def factor(step: int) -> float:
@@ -293,6 +301,31 @@ def checkpoint_meta(path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise ModelError(f"checkpoint {path}: {_META_FILE} is not a JSON object")
     return meta
+
+
+def checkpoint_config(path: Path) -> TrialConfig:
+    """The trial config a checkpoint was trained with (from its ``distat_meta.json``).
+
+    distat before per-method settings saved every method's knobs in ``method`` (the unused ones at their
+    defaults, which that version ignored); such a config is read with the knobs its method does not have left
+    out, which is exactly what that version trained with."""
+    saved = checkpoint_meta(path).get("config")
+    if not isinstance(saved, dict):
+        raise ModelError(f"checkpoint {path}: no trial config in its {_META_FILE}")
+    try:
+        return TrialConfig.model_validate(saved)
+    except ValidationError as e:
+        method = saved.get("method")
+        label = methods.label_of(method) if isinstance(method, dict) else None
+        known = methods.settings_class(label) if label else None
+        if known is None:
+            raise ModelError(format_validation_error(e, f"checkpoint {path}: {_META_FILE}", root=TrialConfig)) from None
+        kept = {k: v for k, v in method.items() if k in known.model_fields or k == "name"}
+        try:
+            return TrialConfig.model_validate({**saved, "method": kept})
+        except ValidationError as e2:
+            raise ModelError(format_validation_error(e2, f"checkpoint {path}: {_META_FILE}", root=TrialConfig)) \
+                from None
 
 
 def check_resumable(path: Path, cfg: TrialConfig) -> None:

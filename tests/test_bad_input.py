@@ -54,14 +54,15 @@ def write_dataset(folder: Path, labels: tuple[str, ...] | None = ("negative", "p
 
 def fake_attack_cache(cache: Path) -> Path:
     """A resource cache that passes the up-front check for PWWS (WordNet files present; never read here)."""
-    from distat.attacks import resources
+    from distat import resources
+    from distat.resources import wordnet as nltk_data
 
     wordnet = resources.resolve(cache).wordnet
     (wordnet / "corpora" / "wordnet").mkdir(parents=True, exist_ok=True)
-    for name in resources.WORDNET_FILES:
+    for name in nltk_data.WORDNET_FILES:
         (wordnet / "corpora" / "wordnet" / name).write_text("x\n")
     (wordnet / "corpora" / "wordnet" / "lexnames").write_text("".join(f"{i:02d}\tx\t1\n" for i in
-                                                                      range(len(resources.LEXNAMES))))
+                                                                      range(len(nltk_data.LEXNAMES))))
     (wordnet / "corpora" / "stopwords").mkdir(parents=True, exist_ok=True)
     (wordnet / "corpora" / "stopwords" / "english").write_text("a\nthe\n")
     return cache
@@ -121,7 +122,7 @@ class Ctx:
 
 def make_search_dir(search_dir: Path, search: dict[str, Any], cache: Path, tracking_uri: str) -> Path:
     from distat.search.space import parse_search_config
-    from distat.search.tuner import STATE_FILE
+    from distat.search.state import STATE_FILE
 
     scfg = parse_search_config(search)
     search_dir.mkdir(parents=True)
@@ -281,7 +282,8 @@ CASES = [
     Case("attack-unknown-recipe", _attack_unknown_recipe, "unknown attack recipe 'textfoolr'"),
     Case("train-unknown-key", _train({"methd": {"name": "pgd"}}), "methd: unknown key"),
     Case("search-unknown-key", _search({"attak": {"n": 3}}), "attak: unknown key"),
-    Case("search-more-gpus-than-the-cluster", _gpus, "a trial needs 2 GPU (training: 2 worker(s)"),
+    Case("search-more-gpus-than-the-cluster", _gpus, "a trial needs 2 GPU (training: 2 worker(s)",
+         (pytest.mark.slow,)),  # starts a local Ray
     Case("train-missing-data-folder", _train({"data": {"path": "/nonexistent/distat-data"}}),
          "/nonexistent/distat-data does not exist"),
     Case("search-missing-data-folder", _search({"trial": {"data": {"path": "/nonexistent/distat-data"}}}),
@@ -422,27 +424,29 @@ def search_dir(tmp_path, request) -> Path:
 
 
 def test_resume_overrides_are_saved_and_reach_the_restored_mlflow_callback(search_dir, tmp_path):
-    from distat.search.tuner import STATE_FILE, load_state, update_state
+    from distat.search.state import STATE_FILE, SavedTrackingUri, SearchState
     from distat.tracking.mlflow import MLflowTrialCallback
 
     # the callback as Tune's snapshot brings it back: pickled with the URI of the search's start
-    callback = MLflowTrialCallback("http://old-server:5000", "s", search_dir, uri_file=search_dir / STATE_FILE)
+    callback = MLflowTrialCallback("http://old-server:5000", "s", search_dir, uri_source=SavedTrackingUri(search_dir))
     restored = pickle.loads(pickle.dumps(callback))
     assert restored.tracking_uri == "http://old-server:5000"
 
     stamp = (search_dir / STATE_FILE).stat().st_mtime_ns
-    update_state(search_dir, tracking_uri=None, cache_dir=None)  # nothing given: the file is not rewritten
+    SearchState.load(search_dir).updated(tracking_uri=None, cache_dir=None)  # nothing given: the file is not rewritten
     assert (search_dir / STATE_FILE).stat().st_mtime_ns == stamp
 
-    update_state(search_dir, tracking_uri="http://new-server:5000", cache_dir=str(tmp_path / "moved-cache"))
-    spec, scfg = load_state(search_dir)
-    assert spec["tracking_uri"] == "http://new-server:5000" and spec["cache_dir"] == str(tmp_path / "moved-cache")
-    assert scfg.name == "s" and spec["search"]["name"] == "s"  # the rest of the spec is kept
+    SearchState.load(search_dir).updated(tracking_uri="http://new-server:5000", cache_dir=str(tmp_path / "moved-cache"))
+    state = SearchState.load(search_dir)
+    assert state.tracking_uri == "http://new-server:5000" and state.cache_dir == str(tmp_path / "moved-cache")
+    saved = json.loads((search_dir / STATE_FILE).read_text())
+    assert state.search.name == "s" and saved["search"]["name"] == "s"  # the rest of the state is kept
     assert restored.tracking_uri == "http://new-server:5000"
 
 
 def test_resume_restarts_a_search_tune_never_saved(search_dir):
-    from distat.search.tuner import FINAL_FILE, discard_unfinished_trials, resume_plan
+    from distat.search.driver import discard_unfinished_trials, resume_plan
+    from distat.search.state import FINAL_FILE
 
     assert resume_plan(search_dir) == "restart"  # driver died after distat_search.json, before the Tuner
     finished, unfinished = search_dir / "trials" / "a", search_dir / "trials" / "b"
@@ -458,27 +462,29 @@ def test_resume_restarts_a_search_tune_never_saved(search_dir):
 
 def test_resume_without_tune_state_runs_the_saved_search_in_place(search_dir, monkeypatch):
     """`resume_search` wiring for that case, with the Tune run itself replaced (no Ray here)."""
-    from distat.search import tuner
+    from distat.search import driver
+    from distat.search.state import SearchState
 
     started = {}
-    monkeypatch.setattr(tuner, "_fit_new", lambda scfg, spec, paths, callbacks=(): started.update(
-        name=scfg.name, spec=spec, storage=paths.storage, experiment=paths.name, callbacks=list(callbacks)))
+    monkeypatch.setattr(driver, "_fit_new", lambda state, callbacks=(): started.update(
+        name=state.search.name, state=state, storage=state.dir.parent, experiment=state.dir.name,
+        callbacks=list(callbacks)))
     (search_dir / "trials" / "b" / "checkpoints").mkdir(parents=True)
     moved = search_dir.parent.parent / "moved" / "s"  # the folder was moved: the trials must go where it is now
     moved.parent.mkdir()
     search_dir.rename(moved)
     removed: list[list[str]] = []
-    tuner.resume_search(moved, callbacks=["progress"], on_restart=removed.append)
+    driver.resume_search(moved, callbacks=["progress"], on_restart=removed.append)
     assert removed == [["b"]]  # the caller hears which unfinished trials were dropped
     assert started["name"] == "s" and (started["storage"], started["experiment"]) == (moved.parent, "s")
-    assert started["spec"]["search_dir"] == str(moved) and started["callbacks"] == ["progress"]
-    assert tuner.load_state(moved)[0]["search_dir"] == str(moved)
+    assert started["state"].search_dir == str(moved) and started["callbacks"] == ["progress"]
+    assert SearchState.load(moved).search_dir == str(moved)
     assert not (moved / "trials" / "b").exists()
 
 
 def test_cluster_check_counts_the_largest_phase_of_a_trial(request, tmp_path):
+    from distat.search.capacity import resource_shortfall, trial_needs
     from distat.search.space import parse_search_config
-    from distat.search.tuner import resource_shortfall, trial_needs
 
     ctx = Ctx(tmp_path, request)
     scfg = parse_search_config(ctx.search_dict({

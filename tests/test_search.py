@@ -87,9 +87,10 @@ def test_search_runs_trials_and_logs_parent_and_children(tmp_path, tiny_model_di
 def test_without_actors_each_trial_attacks_in_its_train_worker(tmp_path, tiny_model_dir, attack_paths, capsys):
     """attack.actors 0: the rank-0 Train worker attacks its own model right after training, and the result is
     the evaluation an ordinary in-process attack of the trial's checkpoint gives."""
-    from distat.attacks import resources
+    from distat import resources
+    from distat.search.evaluation import robust_eval
     from distat.search.space import load_search_config
-    from distat.search.tuner import _robust_eval
+    from distat.search.state import ResourceRefs
 
     spec = search_yaml(tmp_path, tiny_model_dir, "noactors", num_samples=2,
                        updates={"attack": {"actors": 0, "n": 4}, "search": {"max_concurrent": 1}})
@@ -110,7 +111,7 @@ def test_without_actors_each_trial_attacks_in_its_train_worker(tmp_path, tiny_mo
         assert final["metrics"]["time_attack_s"] > 0
         checkpoint = Path(json.loads((trial_dir / "train_result.json").read_text())["checkpoint"])
         (tmp_path / trial_id).mkdir()
-        again = _robust_eval(scfg, {"cache_dir": str(resources.cache_dir())}, checkpoint, tmp_path / trial_id)
+        again = robust_eval(scfg, ResourceRefs(cache_dir=str(resources.cache_dir())), checkpoint, tmp_path / trial_id)
         for key in ("robust_acc", "attack_success_rate", "attack_clean_acc", "avg_queries"):
             assert final["metrics"][key] == pytest.approx(again[key]), key
         assert (trial_dir / "attack.csv").read_text() == (tmp_path / trial_id / "attack.csv").read_text()
@@ -276,13 +277,13 @@ def test_ctrl_c_stops_the_search_with_exit_130_and_a_resume_hint(tmp_path, tiny_
 def test_ray_settings_for_short_trials_keep_what_the_user_set(monkeypatch, local, watcher):
     """A local Ray runs no preemption watcher (a cluster keeps Train's default), the trainable shortens Train's
     poll, and every variable the user set is left alone."""
-    from distat.search.tuner import _train_env_defaults, ray_env_defaults
+    from distat.search.cluster import ray_env_defaults, train_env_defaults
 
     names = ("RAY_TRAIN_V2_ENABLED", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")
     for var in names:
         monkeypatch.delenv(var, raising=False)
     ray_env_defaults(local=local)
-    _train_env_defaults()
+    train_env_defaults()
     assert os.environ["RAY_TRAIN_V2_ENABLED"] == "1"
     assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.5"
     assert os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER") == watcher
@@ -290,5 +291,5 @@ def test_ray_settings_for_short_trials_keep_what_the_user_set(monkeypatch, local
     for var, value in zip(names, ("0", "3", "1"), strict=True):
         monkeypatch.setenv(var, value)
     ray_env_defaults(local=local)
-    _train_env_defaults()
+    train_env_defaults()
     assert [os.environ[var] for var in names] == ["0", "3", "1"]

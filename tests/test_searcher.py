@@ -9,8 +9,9 @@ import optuna
 import pytest
 from test_search_space import BASE
 
+from distat.search.driver import SearchSpace as _Space
 from distat.search.searcher import Feasibility, build_searcher
-from distat.search.tuner import OBJECTIVES, _Space
+from distat.search.space import OBJECTIVES
 
 
 def _space():

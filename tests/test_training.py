@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from distat.config import parse_trial_config
 from distat.errors import ModelError
-from distat.training import epoch_order, latest_checkpoint, list_checkpoints, run_trial
+from distat.training import epoch_order, latest_checkpoint, list_checkpoints, make_scheduler, run_trial
 
 from helpers import shared_data_dir
 
@@ -31,6 +31,33 @@ def test_epoch_order_is_a_pure_function_of_seed_and_epoch():
     assert epoch_order(50, 1, 2) == epoch_order(50, 1, 2)
     assert epoch_order(50, 1, 2) != epoch_order(50, 1, 3)
     assert sorted(epoch_order(50, 1, 2)) == list(range(50))
+
+
+
+def _learning_rates(sched, steps):
+    rates = []
+    for _ in range(steps):
+        rates.append(sched.get_last_lr()[0])
+        sched.optimizer.step()
+        sched.step()
+    return rates
+
+
+@pytest.mark.parametrize(("total", "ratio"), [(10, 0.0), (10, 0.1), (37, 0.25), (7, 1.0), (1, 0.5)])
+def test_schedule_is_transformers_linear_warmup_one_step_ahead(total, ratio):
+    """The warm-up/decay numbers, pinned against transformers' schedule; its own starts at 0 instead."""
+    from transformers import get_linear_schedule_with_warmup
+
+    def optimizer():
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=3e-5)
+
+    ours = _learning_rates(make_scheduler(optimizer(), total, ratio), total + 2)
+    warmup = int(round(total * ratio))
+    theirs = _learning_rates(get_linear_schedule_with_warmup(optimizer(), warmup + 1, total + 1), total + 3)
+    assert ours == theirs[1:]
+    assert ours[0] == pytest.approx(3e-5 / (warmup + 1), rel=1e-12) and ours[total:] == [0.0, 0.0]
+    if warmup:
+        assert get_linear_schedule_with_warmup(optimizer(), warmup, total).get_last_lr()[0] == 0.0
 
 
 def test_resume_continues_bit_for_bit(tmp_path, tiny_model_dir):
@@ -121,3 +148,36 @@ def test_minilm_on_300_sst2_rows_beats_majority_class(tmp_path):
               (shared_data_dir() / "sst2" / "dev.tsv").read_text().splitlines()[1:]]
     majority = max(labels.count(0), labels.count(1)) / len(labels)
     assert result.metrics["clean_acc"] > majority + 0.05, (result.metrics, majority)
+
+
+def _write_meta(folder, config) -> None:
+    folder.mkdir(parents=True)
+    (folder / "distat_meta.json").write_text(json.dumps({"epoch": 1, "config": config}))
+
+
+@pytest.mark.parametrize(("method", "label"), [("pgd", "pgd"), ("adaptive", "adaptive_freelb")])
+def test_checkpoint_config_reads_a_flat_method_section_of_older_distat(tmp_path, method, label):
+    """Checkpoints written before per-method settings hold every method's knobs in ``method`` (unused ones at
+    their defaults): they are read back with the knobs the method has, and nothing else is lost."""
+    from distat.training import checkpoint_config
+
+    flat = {"name": method, "base": "freelb" if method == "adaptive" else None, "adv_steps": 4, "adv_lr": 0.07,
+            "init_mag": 0.05, "max_norm": 0.0, "norm_type": "l2", "trades_beta": 6.0, "beta": None, "w_lr": 1.0,
+            "w_init": "uniform", "mix_type": "tmix", "mix_alpha": 2.0, "mix_layers": None, "mix_weight": 1.0}
+    _write_meta(tmp_path / "old", {"seed": 5, "method": flat, "output_dir": str(tmp_path)})
+    cfg = checkpoint_config(tmp_path / "old")
+    assert cfg.method.label == label and cfg.seed == 5
+    assert (cfg.method.adv_steps, cfg.method.adv_lr) == (4, 0.07)
+    assert not hasattr(cfg.method, "mix_alpha")
+
+
+def test_checkpoint_config_with_a_bad_saved_config_is_one_line(tmp_path):
+    from distat.training import checkpoint_config
+
+    _write_meta(tmp_path / "bad", {"method": {"name": "pgd", "adv_steps": 0}})
+    with pytest.raises(ModelError, match=r"distat_meta.json: method.adv_steps: ") as err:
+        checkpoint_config(tmp_path / "bad")
+    assert "\n" not in str(err.value)
+    _write_meta(tmp_path / "none", {"method": {"name": "no_such_method"}})
+    with pytest.raises(ModelError, match="unknown method 'no_such_method'"):
+        checkpoint_config(tmp_path / "none")

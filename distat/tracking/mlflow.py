@@ -11,18 +11,18 @@ was SIGKILLed) reuses its parent run and every trial's child run instead of dupl
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
-from distat.errors import DistatError
+from distat.dicts import flatten
+from distat.errors import DistatError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def _mask_userinfo(userinfo: str) -> str:
 def safe_params(params: dict[str, Any], limit: int = 500) -> dict[str, str]:
     """Flattened params ready for MLflow: secret-named keys masked, secrets inside values masked."""
     out: dict[str, str] = {}
-    for key, value in flatten(params).items():
+    for key, value in flatten(params, skip=_SKIP_PARAMS).items():
         text = str(value)
         out[key] = MASK if is_secret_name(key) and value not in (None, "") else redact(text)[:limit]
     return out
@@ -101,9 +101,9 @@ class Tracker:
         try:
             exp = self.client.get_experiment_by_name(experiment)
         except Exception as e:  # noqa: BLE001 - any transport failure is the same for the user
-            detail = redact((str(e).strip().splitlines() or [""])[0][:200])
-            raise DistatError(f"MLflow tracking server {redact(tracking_uri)} is unreachable: {type(e).__name__}: "
-                              f"{detail} (start it, or omit --tracking-uri for the embedded store)") from None
+            detail = redact(first_line(e, 200, typed=True))
+            raise DistatError(f"MLflow tracking server {redact(tracking_uri)} is unreachable: {detail} "
+                              "(start it, or omit --tracking-uri for the embedded store)") from None
         if exp is None:
             artifacts = None
             if tracking_uri.startswith("sqlite:///"):
@@ -212,19 +212,6 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         raise DistatError(f"tracking URI {redact(uri)} is not a valid URL ({redact(str(e))})") from None
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if k in _SKIP_PARAMS:
-            continue
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 class MLflowTrialCallback(Callback):
     """A Tune callback logging each trial to its (found or created) child run of the search's parent run.
 
@@ -237,9 +224,11 @@ class MLflowTrialCallback(Callback):
 
     retry_s = 10.0
 
-    def __init__(self, tracking_uri: str, experiment: str, search_dir: Path, uri_file: Path | None = None) -> None:
+    def __init__(self, tracking_uri: str, experiment: str, search_dir: Path,
+                 uri_source: Callable[[], str | None] | None = None) -> None:
         self._args = (tracking_uri, experiment, search_dir)
-        self._uri_file = uri_file  # a JSON file whose "tracking_uri" wins (distat resume --tracking-uri)
+        # a picklable callable whose answer wins: the URI saved now (distat resume --tracking-uri)
+        self._uri_source = uri_source
         self._tracker: Tracker | None = None
         self._runs: dict[str, str] = {}
         self._backlog: list[tuple[str, Any]] = []  # (trial id, call) not sent yet, oldest first
@@ -248,17 +237,11 @@ class MLflowTrialCallback(Callback):
 
     @property
     def tracking_uri(self) -> str:
-        """The URI to log to: the one in ``uri_file`` when it names one (the callback comes back from Tune's
-        snapshot with the URI of the search's start), else the one given."""
-        uri_file = getattr(self, "_uri_file", None)  # snapshots pickled before uri_file existed lack it
-        if uri_file is not None:
-            try:
-                saved = json.loads(Path(uri_file).read_text(encoding="utf-8")).get("tracking_uri")
-            except (OSError, ValueError, AttributeError):
-                saved = None
-            if isinstance(saved, str) and saved:
-                return saved
-        return self._args[0]
+        """The URI to log to: the one ``uri_source`` gives when it gives one (the callback comes back from
+        Tune's snapshot with the URI of the search's start), else the one given."""
+        source = getattr(self, "_uri_source", None)  # snapshots pickled before uri_source existed lack it
+        saved = source() if source is not None else None
+        return saved if isinstance(saved, str) and saved else self._args[0]
 
     @property
     def tracker(self) -> Tracker:
@@ -349,7 +332,7 @@ class MLflowTrialCallback(Callback):
             self._down = False
 
     def __getstate__(self) -> dict[str, Any]:  # the experiment snapshot pickles callbacks
-        return {"_args": self._args, "_uri_file": getattr(self, "_uri_file", None), "_tracker": None, "_runs": {},
+        return {"_args": self._args, "_uri_source": getattr(self, "_uri_source", None), "_tracker": None, "_runs": {},
                 "_backlog": [], "_down": False, "_retry_at": 0.0}
 
 

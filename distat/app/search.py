@@ -1,0 +1,187 @@
+"""``distat search``, ``distat resume`` and ``distat pareto``.
+
+Search and resume share one shape: check everything that can be checked without a cluster (the config, the
+attack resources, the tracking server), start Ray (:func:`distat.search.cluster.ray_session`), check the
+cluster fits one trial before anything is written, run the search, and finish it (the Pareto front on disk
+and on the MLflow parent run) unless it was interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distat.app.resources import AttackResources, Notify, _quiet
+from distat.errors import DistatError
+from distat.search.progress import Listener
+from distat.search.space import SearchConfig
+
+_JOIN_GRACE_S = 30.0  # on an existing cluster, how long nodes may still be joining before "too few GPUs" is final
+_FRONT_COLUMNS = ("trial_id", "clean_acc", "robust_acc", "static_robust_acc", "ada_examples")
+
+
+@dataclass
+class FrontSummary:
+    """The Pareto front of a search, ready to show: counts, hypervolume, who was left out and why, the
+    front's rows (a pandas DataFrame of the shown columns) and where its files are."""
+
+    total: int
+    on_front: int
+    hypervolume: float
+    below_floor: list[str]
+    diverged: list[str]
+    table: Any  # pandas.DataFrame (empty when no trial finished)
+    has_static: bool
+    files: dict[str, Path]
+    tracking_uri: str  # credentials masked
+
+    @classmethod
+    def of(cls, points: list[Any], files: dict[str, Path], tracking_uri: str) -> FrontSummary:
+        import pandas as pd
+
+        from distat.tracking.mlflow import redact
+        from distat.tracking.pareto import front_table, hypervolume, non_dominated
+
+        if not points:
+            return cls(0, 0, 0.0, [], [], pd.DataFrame(), False, files, redact(tracking_uri))
+        table = front_table(points)
+        cols = [c for c in table.columns if c in _FRONT_COLUMNS or c.startswith("param.")]
+        return cls(total=len(points), on_front=sum(non_dominated(points)), hypervolume=hypervolume(points),
+                   below_floor=[p.trial_id for p in points if p.infeasible and not p.diverged],
+                   diverged=[p.trial_id for p in points if p.diverged],
+                   table=table[table["on_front"]][cols], has_static="static_robust_acc" in table.columns,
+                   files=files, tracking_uri=redact(tracking_uri))
+
+
+@dataclass
+class SearchOutcome:
+    search_dir: Path
+    interrupted: bool  # stopped before its end (Ctrl-C): continue with `distat resume`
+    front: FrontSummary | None = None  # None when interrupted
+    messages: list[str] = field(default_factory=list)
+
+
+def fs_path(value: str | os.PathLike[str], what: str) -> Path:
+    """A filesystem path given by the user; a URI (``s3://``, ``gs://``...) is refused: every node reads and
+    writes these folders as files, so they must be a path on a filesystem all nodes mount (NFS, EFS, a PVC)."""
+    text = str(value)
+    if "://" in text:
+        scheme = text.split("://", 1)[0]
+        raise DistatError(f"{what} {text!r} is a {scheme}:// URI: distat needs a shared filesystem path "
+                          "(mounted at the same place on every node, e.g. /mnt/efs/searches), not an object store")
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise DistatError(f"{what} {text}: is a file, not a folder")
+    return path
+
+
+def _credentials_warning(uri: str) -> str | None:
+    from distat.tracking.mlflow import redact
+
+    if redact(uri) == uri:
+        return None
+    return (f"distat: warning: the tracking URI {redact(uri)} holds credentials, and distat stores the URI in the "
+            "search folder: prefer MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD")
+
+
+@contextlib.contextmanager
+def _cluster_for(scfg: SearchConfig, address: str | None) -> Iterator[None]:
+    """Ray started, and the cluster known to fit one trial: nothing is written (search folder, MLflow runs)
+    before that."""
+    from distat.search.capacity import check_cluster_fits
+    from distat.search.cluster import ray_session
+
+    with ray_session(address):
+        check_cluster_fits(scfg, wait_s=_JOIN_GRACE_S if address else 0.0)
+        yield
+
+
+def _listeners(listener: Listener | None, total: int) -> list[Any]:
+    from distat.search.progress import progress_callback
+
+    return [progress_callback(total, listener)] if listener is not None else []
+
+
+def search(config: SearchConfig, *, storage: str | os.PathLike[str] = "runs/searches", tracking_uri: str | None = None,
+           address: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
+           resource_overrides: dict[str, str] | None = None, listener: Listener | None = None,
+           notify: Notify = _quiet, describe: Callable[[str], None] | None = None) -> SearchOutcome:
+    """Run the search ``config`` into ``storage/<name>``, attacking with the resources in ``cache_dir``
+    (default ``$DISTAT_CACHE_DIR`` or ``~/.cache/distat``). ``listener`` hears every trial event, ``notify``
+    gets messages; ``describe`` gets the search's description once it is sure to start."""
+    from distat.search.driver import check_new_search, finish_search, start_search, stopped_early
+    from distat.search.space import describe as describe_search
+    from distat.tracking.mlflow import Tracker, check_reachable, default_tracking_uri
+
+    root = fs_path(storage, "--storage").resolve()
+    if cache_dir is not None:
+        fs_path(cache_dir, "--cache-dir")
+    where = AttackResources.at(cache_dir, resource_overrides)
+    uri = tracking_uri or default_tracking_uri()
+    where.require(config.attack.recipe)
+    search_dir = root / config.name
+    check_new_search(search_dir)
+    check_reachable(uri)  # an unreachable server fails here, before Ray starts
+    with _cluster_for(config, address):
+        Tracker(uri, config.name, search_dir)  # the experiment and the parent run
+        warning = _credentials_warning(uri)
+        if warning:
+            notify(warning)
+        (describe or notify)(describe_search(config))
+        grid = start_search(config, storage=root, tracking_uri=uri, cache_dir=where.cache,
+                            resource_overrides=where.overrides,
+                            callbacks=_listeners(listener, config.search.num_samples))
+        if stopped_early(grid, config.search.num_samples):
+            return SearchOutcome(search_dir, interrupted=True)
+        points, files = finish_search(config, search_dir, uri)
+    return SearchOutcome(search_dir, interrupted=False, front=FrontSummary.of(points, files, uri))
+
+
+def resume(search_dir: str | os.PathLike[str], *, address: str | None = None, tracking_uri: str | None = None,
+           cache_dir: str | os.PathLike[str] | None = None, listener: Listener | None = None,
+           notify: Notify = _quiet) -> SearchOutcome:
+    """Continue the search in ``search_dir`` after its driver stopped (Ctrl-C, SIGKILL, lost node).
+    ``tracking_uri`` / ``cache_dir``: where they are now, if they moved (saved in the search folder)."""
+    from distat.search.driver import finish_search, resume_search, stopped_early
+    from distat.search.state import SearchState
+    from distat.tracking.mlflow import check_reachable
+
+    folder = fs_path(search_dir, "search folder").resolve()
+    cache = fs_path(cache_dir, "--cache-dir").resolve() if cache_dir else None
+    state = SearchState.load(folder)
+    scfg = state.search
+    uri = tracking_uri or state.tracking_uri
+    cache_path = str(cache) if cache is not None else state.cache_dir
+    AttackResources(Path(cache_path), state.resource_overrides).require(scfg.attack.recipe)
+    check_reachable(uri)
+    with _cluster_for(scfg, address):
+        state.updated(tracking_uri=uri, cache_dir=cache_path)  # the trials and the MLflow callback read it
+
+        def restarting(gone: list[str]) -> None:
+            notify(f"distat resume: {folder} has no Tune experiment state (the driver stopped before Tune "
+                   f"saved any): starting the search afresh in place"
+                   + (f", removed {len(gone)} unfinished trial folder(s)" if gone else ""))
+
+        grid = resume_search(folder, callbacks=_listeners(listener, scfg.search.num_samples), on_restart=restarting)
+        if stopped_early(grid, scfg.search.num_samples):
+            return SearchOutcome(folder, interrupted=True)
+        points, files = finish_search(scfg, folder, uri)
+    return SearchOutcome(folder, interrupted=False, front=FrontSummary.of(points, files, uri))
+
+
+def pareto(search_dir: str | os.PathLike[str]) -> FrontSummary:
+    """The front of a search's finished trials again, its CSV/PNG/HTML rewritten."""
+    from distat.search.driver import PARETO_DIR, trial_points
+    from distat.search.state import SearchState
+    from distat.tracking.pareto import write_artifacts
+
+    folder = fs_path(search_dir, "search folder").resolve()
+    state = SearchState.load(folder)
+    points = trial_points(folder, state.search.clean_acc_floor)
+    if not points:
+        raise DistatError(f"{folder}: no finished trial yet")
+    return FrontSummary.of(points, write_artifacts(points, folder / PARETO_DIR), state.tracking_uri)

@@ -1,0 +1,235 @@
+"""The driver of a search: start it, restore it after the driver died, finish it.
+
+Ray Tune runs the trials (:mod:`distat.search.trial`) with Optuna's multi-objective sampler
+(:mod:`distat.search.searcher`) over the YAML's space (:mod:`distat.search.space`); an MLflow callback logs
+every trial to its child run. Results live on disk (:mod:`distat.search.state`), so a search survives its
+driver: :func:`resume_search` continues from Tune's snapshot and the trial folders.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from distat.errors import DistatError, first_line
+from distat.search.space import OBJECTIVES, SearchConfig
+from distat.search.state import (
+    STATE_FILE,
+    TRIALS_DIR,
+    SavedTrackingUri,
+    SearchState,
+    finished_trials,
+    is_finished,
+)
+
+log = logging.getLogger(__name__)
+
+ORPHANS_DIR = "orphaned_trials"
+PARETO_DIR = "pareto"
+
+
+class SearchSpace:
+    """A picklable define-by-run space (the searcher's state, this included, is pickled in snapshots)."""
+
+    def __init__(self, scfg: SearchConfig) -> None:
+        self.data = scfg.model_dump(mode="json", by_alias=True)
+        self._fn: Any = None
+
+    def __call__(self, trial: Any) -> Any:
+        if self._fn is None:
+            from distat.search.space import define_by_run
+
+            self._fn = define_by_run(SearchConfig.model_validate(self.data))
+        return self._fn(trial)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"data": self.data, "_fn": None}
+
+
+def _searcher(scfg: SearchConfig, points_to_evaluate: list[dict[str, Any]] | None = None) -> Any:
+    from distat.search.searcher import build_searcher
+
+    return build_searcher(SearchSpace(scfg), list(OBJECTIVES), seed=scfg.seed,
+                          clean_acc_floor=scfg.search.clean_acc_floor, points_to_evaluate=points_to_evaluate)
+
+
+def _run_config(state: SearchState, callbacks: Sequence[Any]) -> Any:
+    from ray import tune
+
+    from distat.search.cluster import LeakSweeper
+    from distat.tracking.mlflow import MLflowTrialCallback
+
+    return tune.RunConfig(
+        name=state.dir.name, storage_path=str(state.dir.parent.resolve()),
+        callbacks=[MLflowTrialCallback(state.tracking_uri, state.search.name, state.dir,
+                                       uri_source=SavedTrackingUri(state.dir)),
+                   LeakSweeper(), *callbacks],
+        failure_config=tune.FailureConfig(max_failures=1), verbose=0,
+    )
+
+
+def check_new_search(search_dir: Path) -> None:
+    """Refuse to start a search where one already is (before Ray, MLflow or any folder is touched)."""
+    if (search_dir / STATE_FILE).exists():
+        raise DistatError(f"{search_dir} already holds a search: `distat resume {search_dir}` "
+                          "continues it, or pick another name / --storage")
+    if search_dir.exists() and not search_dir.is_dir():
+        raise DistatError(f"{search_dir} is a file, not a search folder: pick another name / --storage")
+
+
+def start_search(scfg: SearchConfig, *, storage: Path, tracking_uri: str, cache_dir: Path,
+                 resource_overrides: dict[str, str] | None = None, callbacks: Sequence[Any] = (),
+                 points_to_evaluate: list[dict[str, Any]] | None = None) -> Any:
+    """Run a new search to completion; returns Tune's ResultGrid. ``points_to_evaluate``: parameter values
+    (by search-space name) to try first, e.g. known-good settings or a benchmark's fixed configurations."""
+    search_dir = storage / scfg.name
+    check_new_search(search_dir)
+    search_dir.mkdir(parents=True, exist_ok=True)
+    state = SearchState(search=scfg, search_dir=str(search_dir), cache_dir=str(cache_dir),
+                        resource_overrides=resource_overrides or {}, tracking_uri=tracking_uri)
+    state.save()
+    return _fit_new(state, callbacks, points_to_evaluate)
+
+
+def _fit_new(state: SearchState, callbacks: Sequence[Any] = (),
+             points_to_evaluate: list[dict[str, Any]] | None = None) -> Any:
+    from ray import tune
+
+    from distat.search.trial import trainable
+
+    scfg = state.search
+    tuner = tune.Tuner(
+        trainable(state),
+        # reuse_actors: the next trial runs in the finished trial's trainable process (~2.5 s per trial less:
+        # a fresh process imports Ray Tune/Train first); it holds no CPU, only the trial's bookkeeping
+        tune_config=tune.TuneConfig(search_alg=_searcher(scfg, points_to_evaluate), num_samples=scfg.search.num_samples,
+                                    max_concurrent_trials=scfg.search.max_concurrent, reuse_actors=True),
+        run_config=_run_config(state, callbacks),
+    )
+    return tuner.fit()
+
+
+def resume_plan(search_dir: Path) -> str:
+    """``"restore"`` when Tune saved its experiment state (``Tuner.restore`` continues it), ``"restart"`` when
+    the driver died before that: the search then starts afresh in the same folder (:func:`resume_search`)."""
+    from ray import tune
+
+    return "restore" if tune.Tuner.can_restore(str(search_dir)) else "restart"
+
+
+def discard_unfinished_trials(search_dir: Path) -> list[str]:
+    """Remove trial folders without a final result (a search restarted from nothing re-runs them anyway);
+    returns their names. Finished trials are kept."""
+    trials = search_dir / TRIALS_DIR
+    removed = []
+    if trials.is_dir():
+        for folder in sorted(trials.iterdir()):
+            if folder.is_dir() and not is_finished(folder):
+                shutil.rmtree(folder)
+                removed.append(folder.name)
+    return removed
+
+
+def resume_search(search_dir: Path, callbacks: Sequence[Any] = (),
+                  on_restart: Callable[[list[str]], None] | None = None) -> Any:
+    """Restore a search from its directory after the driver stopped (even SIGKILL) and run it to the end.
+
+    Completed trials are kept (not re-run); the Optuna searcher's state comes back from Tune's experiment
+    snapshot; unfinished and errored trials restart, and their training resumes from the newest distat
+    checkpoint in their trial folder; MLflow child runs are found again by tag. The snapshot also holds the
+    run config with its callbacks (the MLflow one comes back empty, reads the tracking URI from
+    ``distat_search.json`` and finds its runs by tag).
+
+    If the driver died before Tune saved anything (see :func:`resume_plan`), the search starts afresh in
+    place with the saved state, after its unfinished trial folders are removed (``on_restart`` gets their
+    names); ``callbacks`` are used then only (a restored run keeps its own).
+    """
+    from ray import tune
+
+    from distat.search.trial import trainable
+
+    state = SearchState.load(search_dir)
+    if resume_plan(search_dir) == "restart":
+        gone = discard_unfinished_trials(search_dir)
+        if on_restart is not None:
+            on_restart(gone)
+        return _fit_new(state.updated(search_dir=str(search_dir)), callbacks)
+    set_aside_unknown_trials(search_dir)
+    tuner = tune.Tuner.restore(str(search_dir), trainable=trainable(state), resume_unfinished=True,
+                               resume_errored=True)
+    return tuner.fit()
+
+
+def set_aside_unknown_trials(search_dir: Path) -> list[str]:
+    """Move trial folders of trials Tune's last snapshot does not hold to ``orphaned_trials/``; returns their ids.
+
+    Tune snapshots its experiment every 10 s or more: a trial started in the seconds before the driver died is
+    not in it, so the restored search never runs that trial id again (the searcher suggests a new trial in
+    its place). Its folder would be an extra, unfinished trial in ``trials/``; it is kept aside instead.
+    """
+    from distat.search.cluster import snapshot_trial_ids
+
+    known = snapshot_trial_ids(search_dir)
+    trials = search_dir / TRIALS_DIR
+    if known is None or not trials.is_dir():
+        return []
+    moved = []
+    for folder in sorted(p for p in trials.iterdir() if p.is_dir() and p.name not in known):
+        target = search_dir / ORPHANS_DIR / folder.name
+        target.parent.mkdir(exist_ok=True)
+        shutil.move(str(folder), str(target))
+        moved.append(folder.name)
+        log.warning("trial %s started after Tune's last snapshot of the search and is not in it: its folder is moved "
+                    "to %s%s", folder.name, target,
+                    "" if not is_finished(target) else " (it had finished: its result is not counted)")
+    return moved
+
+
+def stopped_early(grid: Any, num_samples: int) -> bool:
+    """Whether Tune returned before the search's end: it catches Ctrl-C (SIGINT) itself, saves its state and
+    returns normally, leaving trials unfinished or unstarted."""
+    return len(grid) < num_samples or grid.num_terminated + grid.num_errors < len(grid)
+
+
+_EXTRA_PREFIXES = ("attack_", "perturbed", "avg_queries", "robust_acc_", "static_", "victim_", "ada_")
+
+
+def trial_points(search_dir: Path, clean_acc_floor: float | None = None) -> list[Any]:
+    """One :class:`~distat.tracking.pareto.TrialPoint` per finished trial, read from the search directory
+    (complete on disk whatever happened to the driver or the tracking server). Trials below
+    ``clean_acc_floor`` are marked infeasible (kept in the table, off the front)."""
+    from distat.tracking.pareto import TrialPoint
+
+    points = []
+    for result in finished_trials(search_dir).values():
+        m = result.metrics
+        extra = {k: float(v) for k, v in m.items() if k.startswith(_EXTRA_PREFIXES) and isinstance(v, (int, float))}
+        points.append(TrialPoint(trial_id=result.trial_id, clean_acc=float(m.get("clean_acc", math.nan)),
+                                 robust_acc=float(m.get("robust_acc", math.nan)), params=result.params,
+                                 diverged=bool(m.get("diverged", 0.0)), extra=extra,
+                                 infeasible=clean_acc_floor is not None
+                                 and not float(m.get("clean_acc", 0.0)) >= clean_acc_floor))
+    return points
+
+
+def finish_search(scfg: SearchConfig, search_dir: Path, tracking_uri: str) -> tuple[list[Any], dict[str, Path]]:
+    """Pareto artifacts into ``search_dir/pareto`` and onto the MLflow parent run. A tracking server lost by
+    now costs the parent run its artifacts (one warning), not the search: the front is on disk."""
+    from distat.tracking.mlflow import Tracker, redact
+    from distat.tracking.pareto import write_artifacts
+
+    points = trial_points(search_dir, scfg.search.clean_acc_floor)
+    files = write_artifacts(points, search_dir / PARETO_DIR)
+    try:
+        tracker = Tracker(tracking_uri, scfg.name, search_dir)
+        tracker.close_stray_children({p.trial_id for p in points})
+        tracker.log_artifacts(tracker.parent_id, search_dir / PARETO_DIR)
+        tracker.finish(tracker.parent_id)
+    except Exception as e:  # noqa: BLE001 - any tracking failure: the results stay on disk
+        log.warning("the Pareto front was not logged to MLflow (%s: %s); it is in %s", type(e).__name__,
+                    redact(first_line(e)), search_dir / PARETO_DIR)
+    return points, files
