@@ -1,5 +1,5 @@
 # The two commands of the README. Both set up a fresh machine first (scripts/setup.sh is idempotent).
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test test-fast lint bench
 
 setup:
 	@bash scripts/setup.sh
@@ -13,6 +13,10 @@ demo: setup
 test: setup
 	@bash scripts/ensure_chromium.sh
 	.venv/bin/python -m pytest -q
+
+# the unit tier only (a few minutes): no Ray, no search subprocess, no real attack, no MLflow server, no browser
+test-fast: setup
+	.venv/bin/python -m pytest -q -m "not slow"
 
 lint: setup
 	.venv/bin/ruff check distat tests benchmarks

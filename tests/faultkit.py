@@ -8,6 +8,7 @@ runs as another process group: SIGKILLing it leaves the cluster running, as a lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -240,9 +242,9 @@ def pid_alive(pid: int) -> bool:
 
 def finals(search_dir: Path) -> dict[str, dict[str, Any]]:
     """trial id -> final.json of every finished trial."""
-    from distat.search.tuner import finished_trials
+    from distat.search.state import finished_trials
 
-    return finished_trials(search_dir)
+    return {trial_id: result.model_dump(mode="json") for trial_id, result in finished_trials(search_dir).items()}
 
 
 def trial_pids(search_dir: Path) -> set[int]:
@@ -341,3 +343,75 @@ class MlflowServer:
         if self.proc is not None:
             _stop_group(self.proc)
             self.proc = None
+
+
+class Gate:
+    """A TCP forwarder on ``127.0.0.1:port`` in front of a server, to move its address from one server process to
+    another at once. :meth:`open` forwards new connections to ``target_port``; :meth:`close` makes the address
+    refuse connections (nothing listens) and cuts the connections it carried, as a killed server does.
+
+    A server "lost and back" is then two real servers on one store: the first SIGKILLed behind a closed gate,
+    the second started beforehand and reached by opening the gate again. Bringing it back takes no time, so a
+    test does not depend on how long a server takes to start on a busy machine."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self._listener: socket.socket | None = None
+        self._carried: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def open(self, target_port: int) -> Gate:
+        self.close()
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener, target_port), daemon=True).start()
+        return self
+
+    def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+            listener.close()
+        with self._lock:
+            carried, self._carried = self._carried, set()
+        for sock in carried:
+            _cut(sock)
+
+    def _accept(self, listener: socket.socket, target_port: int) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                upstream = socket.create_connection(("127.0.0.1", target_port), timeout=10)
+            except OSError:
+                client.close()  # the server behind is gone: the client sees its connection dropped
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._carried |= {client, upstream}
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            _cut(sock)
+            with self._lock:
+                self._carried.discard(sock)
+
+
+def _cut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()

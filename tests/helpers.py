@@ -10,11 +10,21 @@ from typing import Any
 import pytest
 
 
+def in_ci() -> bool:
+    """Whether this run is CI's (``CI`` set to anything but empty/``0``/``false``, as CI services set it)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def shared_data_dir() -> Path:
-    """``../shared/data`` (or ``$DISTAT_SHARED_DATA``); skips the calling test when it is absent."""
+    """``../shared/data`` (or ``$DISTAT_SHARED_DATA``). When it is absent the calling test is skipped, except
+    under CI (:func:`in_ci`), where it fails: every search, attack and ADA test needs it, and a CI run that
+    skipped them all would be green having tested none of the core."""
     default = Path(__file__).resolve().parents[1].parent / "shared" / "data"
     path = Path(os.environ.get("DISTAT_SHARED_DATA", default))
     if not path.is_dir():
+        if in_ci():
+            pytest.fail(f"shared data not found at {path} (CI=true: a test needing it fails instead of skipping; "
+                        "set DISTAT_SHARED_DATA)", pytrace=False)
         pytest.skip(f"shared data not found at {path}")
     return path
 

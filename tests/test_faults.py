@@ -15,13 +15,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from faultkit import MlflowServer, drive, finals, optuna_history, starts
+from faultkit import Gate, MlflowServer, drive, finals, optuna_history, starts
 from helpers import free_port, search_yaml, shared_data_dir
 
 
 def _drive(ray_nodes, cwd: Path, args: list[str], poll=None, timeout: float = 900) -> str:
-    """Run ``distat <args>`` on the cluster as its own process group, calling ``poll()`` every 50 ms until it
-    exits; returns its output, failing the test on a non-zero exit."""
+    """Run ``distat <args>`` on the cluster as its own process group (output in ``cwd/driver.log``), calling
+    ``poll()`` every 50 ms until it exits; returns its output, failing the test on a non-zero exit."""
     log = cwd / "driver.log"
     rc, _ = drive(args, cwd, ray_nodes.env(), log, poll, timeout=timeout)
     text = log.read_text()
@@ -97,7 +97,8 @@ def test_killed_train_worker_resumes_from_its_checkpoint(faulted):
 @pytest.mark.slow
 def test_killed_attack_actor_redoes_its_shard(faulted, tmp_path):
     from distat.attacks.metrics import read_records_csv
-    from distat.search.tuner import _robust_eval, load_state
+    from distat.search.evaluation import robust_eval
+    from distat.search.state import SearchState
 
     search_dir, killed, out = faulted
     assert "actor" in killed, out[-3000:]
@@ -111,10 +112,11 @@ def test_killed_attack_actor_redoes_its_shard(faulted, tmp_path):
     assert [r.index for r in records] == list(range(ATTACKED))
 
     # the same as an undisturbed evaluation of the same checkpoint: sequential, in this process
-    spec, scfg = load_state(search_dir)
+    state = SearchState.load(search_dir)
+    scfg = state.search
     in_process = scfg.model_copy(update={"attack": scfg.attack.model_copy(update={"actors": 0})})
     checkpoint = Path(json.loads((trial / "train_result.json").read_text())["checkpoint"])
-    expected = _robust_eval(in_process, spec, checkpoint, tmp_path)
+    expected = robust_eval(in_process, state.resources, checkpoint, tmp_path)
     assert read_records_csv(tmp_path / "attack.csv") == records
     assert {k: final["metrics"][k] for k in expected} == expected
 
@@ -180,12 +182,21 @@ def test_diverged_trial_is_recorded_and_left_off_the_front(tmp_path, tiny_model_
 
 @pytest.mark.slow
 def test_mlflow_server_lost_mid_search_then_back(tmp_path, tiny_model_dir, attack_paths, ray_nodes):
-    """The server is SIGKILLed when the first trial has finished and restarted (same port, same store) once
-    the second has finished and the third started: trials go on, every result is on disk, and the logging
-    queued meanwhile reaches MLflow when the server is back."""
+    """The server is SIGKILLed when the first trial has finished, and a server on the same store answers at
+    the same address again once the second has finished, the third started and the driver found the server
+    unreachable: trials go on, every result is on disk, and the logging queued meanwhile reaches MLflow when
+    the server is back.
+
+    Conditions, not durations: the address is a :class:`~faultkit.Gate` in front of the servers, and the
+    second server is started (same store) before the search, so it is back the moment the gate opens on it,
+    however long an MLflow server takes to start on a busy machine. (Holding the driver with SIGSTOP while a
+    server starts does not work: Ray's connections to a stopped process time out, and the search hangs.)"""
     from mlflow.tracking import MlflowClient
 
-    server = MlflowServer(tmp_path / "mlflow").start()
+    store = tmp_path / "mlflow"
+    first = MlflowServer(store).start()
+    second = MlflowServer(store).start()  # idle until the gate leads to it
+    gate = Gate().open(first.port)
     spec = search_yaml(tmp_path, tiny_model_dir, "lost", num_samples=3)
     search_dir = tmp_path / "searches" / "lost"
     events: dict[str, float] = {}
@@ -193,21 +204,23 @@ def test_mlflow_server_lost_mid_search_then_back(tmp_path, tiny_model_dir, attac
     def outage() -> None:
         done = finals(search_dir)
         if "lost" not in events and done:
-            server.kill()
+            gate.close()
+            first.kill()
             events["lost"] = time.time()
-        elif "lost" in events and "back" not in events and len(done) >= 2 and any(
-                starts(t) for t in search_dir.glob("trials/*") if t.name not in done):
-            server.start()
+        elif ("lost" in events and "back" not in events and len(done) >= 2
+              and (len(done) == 3 or any(starts(t) for t in search_dir.glob("trials/*") if t.name not in done))
+              and "is unreachable" in (tmp_path / "driver.log").read_text()):
+            gate.open(second.port)
             events["back"] = time.time()
 
     try:
-        _, out = _search(ray_nodes, tmp_path, spec, "lost", uri=server.uri, poll=outage)
-        assert set(events) == {"lost", "back"}
+        _, out = _search(ray_nodes, tmp_path, spec, "lost", uri=gate.uri, poll=outage)
+        assert set(events) == {"lost", "back"}, "the search ended before the server was back"
         done = finals(search_dir)
         assert len(done) == 3 and (search_dir / "pareto" / "pareto.csv").is_file()
         assert "is unreachable" in out and "answers again" in out and "not sent" not in out
 
-        client = MlflowClient(tracking_uri=server.uri)
+        client = MlflowClient(tracking_uri=gate.uri)
         runs = client.search_runs([client.get_experiment_by_name("lost").experiment_id])
         children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
         assert len(runs) == 4 and {c.data.tags["distat.trial_id"] for c in children} == set(done)
@@ -219,9 +232,12 @@ def test_mlflow_server_lost_mid_search_then_back(tmp_path, tiny_model_dir, attac
         parent = next(r for r in runs if r not in children)
         assert {"pareto.csv", "pareto.html"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     finally:
-        server.stop()
+        gate.close()
+        first.stop()
+        second.stop()
 
 
+@pytest.mark.slow
 def test_mlflow_callback_queues_while_the_server_is_down(tmp_path, caplog):
     """The Tune callback, driven by hand: calls made while no server answers are queued (in seconds, not the
     client's minutes of retries), sent in order with their original timestamps when a server answers on that

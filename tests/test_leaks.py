@@ -1,20 +1,23 @@
-"""Placement groups Ray leaks when a driver dies while its actors create them (distat/search/leaks.py).
+"""Placement groups Ray leaks when a driver dies while its actors create them (distat/search/cluster.py).
 
-The leak is Ray's race, reproduced here for real: a driver whose actors create placement groups in a loop is
-SIGKILLed; the GCS registers some of those groups after it marked the job finished, and never removes them. The
-sweep must remove exactly those: never a live job's group, nor one a detached actor still owns."""
+The leak: the GCS removes a job's non-detached placement groups when it marks the job finished, and a group
+created by an actor of that job *after* that moment (the race of a SIGKILLed driver whose Ray Train controller
+is restarting its worker group) is never removed, not even when its creator dies. The real test builds exactly
+that state on purpose on a real cluster, instead of hoping the race happens: an actor owned by a detached actor
+survives its job (Ray keeps everything rooted in a detached actor alive), so it can create a group after its
+driver was SIGKILLed and its job marked finished; killing that actor then leaves the group leaked. The sweep must
+remove exactly those: never a live job's group, nor one a live actor (detached or not) still owns."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from distat.search.leaks import GroupRecord, leaked
+from distat.search.cluster import GroupRecord, leaked
 
 from faultkit import LocalCluster, kill_group, wait_for
 
@@ -58,40 +61,52 @@ def test_group_record_reads_the_gcs_proto():
 
 
 _MAKER = """
-import sys, time, ray
+import json, sys, time, ray
 from ray.util.placement_group import placement_group
-ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False)
+ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False, namespace="leaks")
 
 @ray.remote(num_cpus=0)
-class Maker:
-    def loop(self):
-        while True:
-            ray.util.remove_placement_group(placement_group([{"CPU": 0.01}]))
-
-@ray.remote(num_cpus=0)
-class Keeper:  # detached: its group outlives this job, and is not a leak
-    def hold(self):
+class Child:  # not detached, but rooted in a detached actor: it outlives this job
+    def make_group(self):
         self.pg = placement_group([{"CPU": 0.01}])
-        ray.get(self.pg.ready())
+        ray.get(self.pg.ready(), timeout=60)
         return self.pg.id.hex()
 
-keeper = Keeper.options(name="keeper-" + sys.argv[2], lifetime="detached").remote()
-print("\\n" + ray.get(keeper.hold.remote()), flush=True)
-makers = [Maker.remote() for _ in range(4)]
-refs = [m.loop.remote() for m in makers]
-time.sleep(1.0)
-print("looping", flush=True)
+@ray.remote(num_cpus=0)
+class Holder:  # detached: its own group outlives this job, and is not a leak
+    def __init__(self):
+        self.pg = placement_group([{"CPU": 0.01}])
+        ray.get(self.pg.ready(), timeout=60)
+        self.leaker, self.living = Child.remote(), Child.remote()
+
+    def keeper(self):
+        return self.pg.id.hex()
+
+    def make_groups(self):  # called after this job is marked finished
+        return ray.get([self.leaker.make_group.remote(), self.living.make_group.remote()])
+
+    def kill_leaker(self):  # its group's creator is dead now: nothing will ever remove that group
+        ray.kill(self.leaker, no_restart=True)
+
+holder = Holder.options(name="holder-" + sys.argv[2], lifetime="detached").remote()
+print(json.dumps({"job": ray.get_runtime_context().get_job_id(), "keeper": ray.get(holder.keeper.remote())}),
+      flush=True)
 time.sleep(600)
 """
 
 _CHECK = """
-import json, sys, ray
+import json, sys, time, ray
 from ray.util.placement_group import placement_group
-from distat.search.leaks import _cluster_view, leaked, release_leaked
-ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False)
+from distat.search.cluster import _cluster_view, leaked, release_leaked
+ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False, namespace="leaks")
 mode = sys.argv[2]
+out = {}
+if mode == "make":
+    out["leaker"], out["living"] = ray.get(ray.get_actor("holder-" + sys.argv[3]).make_groups.remote())
+elif mode == "kill":
+    ray.get(ray.get_actor("holder-" + sys.argv[3]).kill_leaker.remote())
 groups, dead_jobs, dead_actors = _cluster_view()
-out = {"leaked": [g.group_id for g in leaked(groups, dead_jobs, dead_actors)]}
+out.update(leaked=[g.group_id for g in leaked(groups, dead_jobs, dead_actors)], dead_jobs=sorted(dead_jobs))
 if mode == "sweep":
     own = placement_group([{"CPU": 0.01}])
     ray.get(own.ready())
@@ -103,8 +118,12 @@ if mode == "sweep":
     out["leaked_after"] = [g.group_id for g in leaked(groups, dead_jobs, dead_actors)]
     out["alive"] = [g.group_id for g in groups if g.state != "REMOVED"]
     out["own"] = own.id.hex()
-    import time; time.sleep(1.0)
-    out["cpu_freed"] = ray.available_resources().get("CPU", 0.0) - cpu_before
+    deadline = time.monotonic() + 60  # the raylet returns the bundles' CPUs asynchronously
+    while True:
+        out["cpu_freed"] = ray.available_resources().get("CPU", 0.0) - cpu_before
+        if abs(out["cpu_freed"] - out["removed_cpu"]) < 1e-6 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
 print(json.dumps(out))
 """
 
@@ -116,34 +135,32 @@ def _run(script: Path, cluster: LocalCluster, *args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_sweep_releases_groups_leaked_by_killed_drivers_and_nothing_else(tmp_path: Path):
     maker, check = tmp_path / "maker.py", tmp_path / "check.py"
     maker.write_text(_MAKER)
     check.write_text(_CHECK)
     with LocalCluster({"head": 2}) as cluster:
-        keepers: list[str] = []
-        for attempt in range(8):  # each kill leaks a few groups on this machine; a handful of kills suffices
-            proc = subprocess.Popen([sys.executable, str(maker), cluster.address, str(attempt)],
-                                    stdout=subprocess.PIPE, text=True, env=cluster.env(), start_new_session=True)
-            try:
-                lines = iter(proc.stdout.readline, "")
-                keepers.append(next(x.strip() for x in lines if len(x.strip()) == 36))  # the keeper's group
-                assert next(x.strip() for x in lines if x.strip() == "looping")
-            finally:
-                kill_group(proc)
-            time.sleep(1.0)
-            if _run(check, cluster, "count")["leaked"]:
-                break
-        else:
-            pytest.fail("8 killed drivers leaked no placement group: the race is not reproduced here")
-        # the GCS has had time to clean up what it cleans up itself: what is left stays leaked
-        first = wait_for(lambda: _run(check, cluster, "count")["leaked"], 10, "a leaked group")
-        time.sleep(2.0)
+        proc = subprocess.Popen([sys.executable, str(maker), cluster.address, "a"], stdout=subprocess.PIPE,
+                                text=True, env=cluster.env(), start_new_session=True)
+        try:
+            started = json.loads(next(x for x in iter(proc.stdout.readline, "") if x.startswith("{")))
+        finally:
+            kill_group(proc)  # the driver is lost: SIGKILL
+        wait_for(lambda: started["job"] in _run(check, cluster, "count")["dead_jobs"], 60,
+                 f"job {started['job']} marked finished")
+        made = _run(check, cluster, "make", "a")  # groups of the finished job, created by its surviving actors
+        assert made["leaked"] == [], "a group whose creator is alive counted as leaked"
+        _run(check, cluster, "kill", "a")
+        wait_for(lambda: made["leaker"] in _run(check, cluster, "count")["leaked"], 60, "the leaked group")
+
         result = _run(check, cluster, "sweep")
-        assert set(first) <= set(result["removed"])
+        assert result["leaked"] == [made["leaker"]], "the GCS removed the group itself: no leak to sweep"
+        assert result["removed"] == [made["leaker"]]
         assert result["leaked_after"] == []
         assert result["own"] in result["alive"], "the sweep removed a live job's group"
-        assert set(keepers) <= set(result["alive"]), "the sweep removed a group a detached actor owns"
-        assert not set(result["removed"]) & (set(keepers) | {result["own"]})
+        assert started["keeper"] in result["alive"], "the sweep removed a group a detached actor owns"
+        assert made["living"] in result["alive"], "the sweep removed a group a live actor of a dead job owns"
         # the CREATED ones among them held CPUs that are free again
         assert result["cpu_freed"] == pytest.approx(result["removed_cpu"], abs=1e-6)
+        assert result["removed_cpu"] == pytest.approx(0.01)
