@@ -36,18 +36,22 @@ class ModelError(DistatError):
     """A backbone or checkpoint cannot be loaded."""
 
 
-def first_line(exc: BaseException, max_len: int | None = None, *, typed: bool = False) -> str:
+def first_line(exc: BaseException, max_len: int | None = None, *, typed: bool = False, whole: bool = False) -> str:
     """The first line of a library exception's message: what a one-line error shows of it.
 
     The one helper for this in the package. Its type name stands in for an empty message; ``typed`` puts
     the type name in front (``ValueError: bad value``). A first line ending in ":" only announces the lines
-    after it (torch's "Error(s) in loading state_dict for X:"), so the next line is kept with it.
-    ``max_len`` cuts the message, not the type name, to that many characters.
+    after it (torch's "Error(s) in loading state_dict for X:"), so the next line is kept with it. ``whole``:
+    every line, joined into one (nltk's LookupError opens with a line of asterisks and names the missing
+    resource below it). ``max_len`` cuts the message, not the type name, to that many characters.
     """
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     if not lines:
         return type(exc).__name__
-    text = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    if whole:
+        text = " ".join(" ".join(lines).split())
+    else:
+        text = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
     if max_len is not None:
         text = text[:max_len]
     return f"{type(exc).__name__}: {text}" if typed else text

@@ -28,3 +28,11 @@ def test_a_first_line_ending_in_a_colon_keeps_the_next():
     exc = RuntimeError("Error(s) in loading state_dict for Linear:\n\tsize mismatch for bias: [3] vs [2].\n\tmore")
     assert first_line(exc) == "Error(s) in loading state_dict for Linear: size mismatch for bias: [3] vs [2]."
     assert first_line(RuntimeError("nothing after:")) == "nothing after:"
+
+
+def test_whole_joins_every_line_of_a_banner_message():
+    """nltk's LookupError opens with a line of asterisks; the resource it misses is named below it."""
+    exc = LookupError("\n" + "*" * 20 + "\n  Resource stopwords not found.\n  Please use the NLTK Downloader\n" + "*" * 20)
+    assert first_line(exc) == "*" * 20
+    assert first_line(exc, 60, whole=True).startswith("*" * 20 + " Resource stopwords not found. Please")
+    assert len(first_line(exc, 60, whole=True)) == 60

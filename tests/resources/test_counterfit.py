@@ -15,11 +15,11 @@ from distat.resources.counterfit import (
     counter_fit,
     is_plain_word,
     load_glove,
-    nearest_neighbours,
     read_pairs,
     simlex_spearman,
     wordnet_pairs,
 )
+from distat.resources.neighbours import nearest_neighbours
 from distat.resources.vectors import load_vectors, save_vectors
 
 from helpers import shared_data_dir
