@@ -187,10 +187,8 @@ def _finish(outcome: Any) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from distat.app import search
-    from distat.app.search import fs_path
     from distat.search.space import load_search_config
 
-    fs_path(args.storage, "--storage")  # a bad folder is reported before a bad YAML, as the search checks it
     return _finish(search(load_search_config(args.config), storage=args.storage, tracking_uri=args.tracking_uri,
                           address=args.address, cache_dir=args.cache_dir, resource_overrides=_overrides(args),
                           listener=print_trial_event, notify=_say))

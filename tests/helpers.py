@@ -37,10 +37,12 @@ def free_port() -> int:
 
 
 def search_yaml(tmp_path: Path, backbone: Path, name: str, num_samples: int = 4,
-                updates: dict[str, Any] | None = None, params: dict[str, Any] | None = None) -> Path:
+                updates: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
+                method: dict[str, Any] | None = None) -> Path:
     """A tiny search YAML (2 epochs of 48 SST-2 rows, PWWS on 3 dev examples with 1 actor, 2 trials at a time,
     1 single-CPU worker each) written to ``tmp_path/<name>.yaml``; ``updates`` are merged in, nested dicts
-    key by key (``{"trial": {"train": {"epochs": 3}}}``); ``params`` replace the searched parameters."""
+    key by key (``{"trial": {"train": {"epochs": 3}}}``); ``params`` replace the searched parameters and
+    ``method`` the base trial's method section (default PGD with one step: a method's own keys only)."""
     import yaml
 
     cfg = {
@@ -51,7 +53,7 @@ def search_yaml(tmp_path: Path, backbone: Path, name: str, num_samples: int = 4,
             "data": {"path": str(shared_data_dir() / "sst2"), "max_train_examples": 48, "max_dev_examples": 24,
                      "max_length": 32},
             "model": {"backbone": str(backbone)},
-            "method": {"name": "pgd", "adv_steps": 1},
+            "method": method or {"name": "pgd", "adv_steps": 1},
             "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3},
         },
         "attack": {"recipe": "pwws", "n": 3, "split": "dev", "actors": 1},

@@ -120,10 +120,11 @@ def test_without_actors_each_trial_attacks_in_its_train_worker(tmp_path, tiny_mo
 def amda_yaml(tmp_path: Path, backbone: Path, name: str, num_samples: int) -> Path:
     return search_yaml(tmp_path, backbone, name, num_samples, updates={
         "seed": 4,
-        "trial": {"seed": 4, "data": {"max_train_examples": 300}, "method": {"name": "mixup", "mix_alpha": 2.0},
+        "trial": {"seed": 4, "data": {"max_train_examples": 300},
                   "train": {"epochs": 1}, "augment": {"recipe": "pwws", "actors": 1, "max_modify_rate": 0.3}},
         "attack": {"n": 4, "static": True},
-    }, params={"aug_ratio": {"choice": [0.1, 0.2]}, "mix_type": {"choice": ["tmix", "smix"]}})
+    }, params={"aug_ratio": {"choice": [0.1, 0.2]}, "mix_type": {"choice": ["tmix", "smix"]}},
+        method={"name": "mixup", "mix_alpha": 2.0})
 
 
 def test_amda_trials_share_one_pool_and_a_later_search_reuses_it(tmp_path, tiny_model_dir, attack_paths):

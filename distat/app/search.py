@@ -181,7 +181,7 @@ def pareto(search_dir: str | os.PathLike[str]) -> FrontSummary:
 
     folder = fs_path(search_dir, "search folder").resolve()
     state = SearchState.load(folder)
-    points = trial_points(folder, state.search.clean_acc_floor)
+    points = trial_points(folder, state.search.search.clean_acc_floor)
     if not points:
         raise DistatError(f"{folder}: no finished trial yet")
     return FrontSummary.of(points, write_artifacts(points, folder / PARETO_DIR), state.tracking_uri)
