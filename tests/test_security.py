@@ -335,3 +335,16 @@ def test_search_yaml_cannot_smuggle_code_through_yaml_tags(tmp_path):
     with pytest.raises(ConfigError, match="invalid YAML"):
         read_yaml(path)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_the_working_directory_is_not_masked_as_a_secret(monkeypatch):
+    """``PWD`` names the shell's folder, not a password: the demo's `mlflow ui --backend-store-uri` line
+    printed ``sqlite:///***/mlflow.db`` because the path under the current folder was masked."""
+    from distat.tracking.mlflow import redact
+
+    monkeypatch.setenv("PWD", "/work/checkout")
+    monkeypatch.setenv("OLDPWD", "/home/someone")
+    monkeypatch.setenv("DB_PWD", "hunter2-hunter2")
+    assert redact("sqlite:////work/checkout/mlflow.db") == "sqlite:////work/checkout/mlflow.db"
+    assert redact("cd /home/someone") == "cd /home/someone"
+    assert redact("password hunter2-hunter2") == "password ***"  # a real secret-named variable still is

@@ -48,6 +48,9 @@ _TOKEN_FORMATS = re.compile(
     r"|xox[abprs]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}|ASIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{30,}"
     r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})")
 MASK = "***"
+# environment variables whose names look secret but hold none: the shell's working directories ("pwd" is also
+# short for password); masking their values hid every path below the current folder
+_NOT_SECRET_ENV = frozenset({"PWD", "OLDPWD"})
 
 
 def is_secret_name(name: str) -> bool:
@@ -64,7 +67,7 @@ def redact(text: str) -> str:
     text = _ARG.sub(lambda m: f"{m['name']}{m['sep']}{MASK}" if is_secret_name(m["name"]) else m[0], text)
     text = _TOKEN_FORMATS.sub(MASK, text)
     for name, value in os.environ.items():
-        if len(value) >= 8 and is_secret_name(name) and value in text:
+        if len(value) >= 8 and name not in _NOT_SECRET_ENV and is_secret_name(name) and value in text:
             text = text.replace(value, MASK)
     return text
 
