@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from distat.atomic import atomic_file
 from distat.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -226,8 +227,7 @@ _OPTIONAL_COLUMNS = frozenset({"perturbed_pred", "perturbed_text", "other_text"}
 def write_records_csv(records: Sequence[AttackRecord], path: str | os.PathLike[str]) -> Path:
     """Write every record to a UTF-8 CSV file (one row per example, ``None`` as an empty field)."""
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8", newline="") as fh:
+    with atomic_file(out) as part, part.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(_CSV_COLUMNS)
         for record in records:
@@ -324,8 +324,7 @@ def export_adversarial_tsv(
     else:
         header = [other_field, text_field, "label"]
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8", newline="") as fh:
+    with atomic_file(out) as part, part.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
         writer.writerow(header)
         for record in chosen:

@@ -34,6 +34,7 @@ from typing import Any
 
 import pandas as pd
 
+from distat.atomic import atomic_file, write_text
 from distat.dicts import flatten
 
 __all__ = [
@@ -193,8 +194,8 @@ def front_table(points: Sequence[TrialPoint]) -> pd.DataFrame:
 def write_front_csv(points: Sequence[TrialPoint], path: str | Path) -> Path:
     """Write :func:`front_table` as CSV (no index) and return the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    front_table(points).to_csv(path, index=False)
+    with atomic_file(path) as part:
+        front_table(points).to_csv(part, index=False)
     return path
 
 
@@ -259,7 +260,8 @@ def plot_png(points: Sequence[TrialPoint], path: str | Path, title: str = DEFAUL
     else:
         ax.text(0.5, 0.5, "no trial to show", transform=ax.transAxes, ha="center", va="center")
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    with atomic_file(path) as part:
+        fig.savefig(part, format="png")
     return path
 
 
@@ -514,7 +516,7 @@ def plot_html(points: Sequence[TrialPoint], path: str | Path, title: str = DEFAU
         "</html>",
         "",
     ])
-    path.write_text(page, encoding="utf-8")
+    write_text(path, page)
     return path
 
 
