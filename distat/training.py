@@ -312,20 +312,18 @@ def checkpoint_config(path: Path) -> TrialConfig:
     saved = checkpoint_meta(path).get("config")
     if not isinstance(saved, dict):
         raise ModelError(f"checkpoint {path}: no trial config in its {_META_FILE}")
-    try:
-        return TrialConfig.model_validate(saved)
-    except ValidationError as e:
-        method = saved.get("method")
-        label = methods.label_of(method) if isinstance(method, dict) else None
-        known = methods.settings_class(label) if label else None
-        if known is None:
-            raise ModelError(format_validation_error(e, f"checkpoint {path}: {_META_FILE}", root=TrialConfig)) from None
-        kept = {k: v for k, v in method.items() if k in known.model_fields or k == "name"}
+    candidates = [saved]
+    method = saved.get("method")
+    label = methods.label_of(method) if isinstance(method, dict) else None
+    known = methods.settings_class(label) if label else None
+    if known is not None:
+        candidates.append({**saved, "method": {k: v for k, v in method.items() if k in known.model_fields}})
+    for candidate in candidates:
         try:
-            return TrialConfig.model_validate({**saved, "method": kept})
-        except ValidationError as e2:
-            raise ModelError(format_validation_error(e2, f"checkpoint {path}: {_META_FILE}", root=TrialConfig)) \
-                from None
+            return TrialConfig.model_validate(candidate)
+        except ValidationError as e:
+            error = e
+    raise ModelError(format_validation_error(error, f"checkpoint {path}: {_META_FILE}", root=TrialConfig))
 
 
 def check_resumable(path: Path, cfg: TrialConfig) -> None:
