@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distat.search.state import ResourceRefs
-
 Notify = Callable[[str], None]
 
 
@@ -44,9 +42,6 @@ class AttackResources:
         from distat.attacks.recipes import check_recipe
 
         return check_recipe(self.cache, self.overrides, recipe)
-
-    def refs(self) -> ResourceRefs:
-        return ResourceRefs(cache_dir=str(self.cache), overrides=self.overrides)
 
 
 def build_resources(where: AttackResources, parts: Sequence[str] | None = None, *, lexical: Path | None = None,

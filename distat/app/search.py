@@ -13,12 +13,14 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distat.app.resources import AttackResources, Notify, _quiet
 from distat.errors import DistatError
-from distat.search.progress import Listener
-from distat.search.space import SearchConfig
+
+if TYPE_CHECKING:  # imported where used: `distat resources show` loads this module and needs neither
+    from distat.search.progress import Listener
+    from distat.search.space import SearchConfig
 
 _JOIN_GRACE_S = 30.0  # on an existing cluster, how long nodes may still be joining before "too few GPUs" is final
 _FRONT_COLUMNS = ("trial_id", "clean_acc", "robust_acc", "static_robust_acc", "ada_examples")

@@ -7,12 +7,14 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distat.app.resources import AttackResources, Notify, _quiet
 from distat.atomic import write_json
-from distat.config import TrialConfig
 from distat.errors import DistatError
+
+if TYPE_CHECKING:  # the trial config imports torch and every method: loaded by the caller, not by `distat.app`
+    from distat.config import TrialConfig
 
 METRICS_FILE = "metrics.json"
 

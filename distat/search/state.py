@@ -210,7 +210,6 @@ class WorkerJob(_Record):
 
     trial: TrialConfig
     output_dir: str
-    search_dir: str
     resources: ResourceRefs
     # the search config when the rank-0 worker attacks its own model (AttackSettings.in_train_worker)
     attack_in_worker: SearchConfig | None = None

@@ -57,15 +57,20 @@ def run_trial(config: dict[str, Any], state: SearchState) -> None:
     tcfg = apply_params(scfg, params, str(out))
     ada: dict[str, Any] = {}
     t_ada = 0.0
-    if tcfg.augment is not None and tcfg.augment.ratio > 0:
-        from distat.augment.ada import prepare_trial
+    # ADA's victim, pool and static set come from one generator of the search's shared cache
+    gen = None
+    if (tcfg.augment is not None and tcfg.augment.ratio > 0) or scfg.attack.static:
         from distat.search.ada import generator
 
+        gen = generator(state)
+    if tcfg.augment is not None and tcfg.augment.ratio > 0:
+        from distat.augment.ada import prepare_trial
+
         t0 = time.perf_counter()
-        tcfg, ada = prepare_trial(tcfg, out, generator(state))
+        tcfg, ada = prepare_trial(tcfg, out, gen)
         t_ada = time.perf_counter() - t0  # the victim and the pool: built, waited for, or read from the cache
     res = scfg.resources
-    job = WorkerJob(trial=tcfg, output_dir=str(out), search_dir=state.search_dir, resources=state.resources,
+    job = WorkerJob(trial=tcfg, output_dir=str(out), resources=state.resources,
                     attack_in_worker=scfg if scfg.attack.in_train_worker else None)
     trainer = TorchTrainer(
         train_worker,
@@ -104,11 +109,6 @@ def run_trial(config: dict[str, Any], state: SearchState) -> None:
     else:
         from distat.search.evaluation import robust_eval
 
-        gen = None
-        if scfg.attack.static:
-            from distat.search.ada import generator
-
-            gen = generator(state)
         t_eval = time.perf_counter()
         final.update(robust_eval(scfg, state.resources, Path(summary.checkpoint), out, where=placement, generator=gen))
         final["time_attack_s"] = time.perf_counter() - t_eval
