@@ -62,6 +62,7 @@ class TrialResult:
     stopped_early: bool = False
     model: nn.Module | None = field(default=None, repr=False)  # the trained bare model (for evaluation)
     tokenizer: Any = field(default=None, repr=False)
+    method: methods.ATMethod | None = field(default=None, repr=False)  # its state: adaptive w, TA-VAT's table...
 
 
 # --------------------------------------------------------------------------------------------------
@@ -139,9 +140,12 @@ def build_parts(cfg: TrialConfig, device: torch.device | None = None) -> _Parts:
     )
 
 
-def make_optimizer(module: nn.Module, cfg: TrialConfig) -> torch.optim.Optimizer:
+def make_optimizer(module: nn.Module, cfg: TrialConfig, extra: list[nn.Parameter] | None = None) -> torch.optim.Optimizer:
+    """AdamW over the model's trainable parameters and ``extra`` (a method's own, see
+    :meth:`distat.methods.ATMethod.parameters`): weight decay on matrices, none on biases and LayerNorm."""
     decay, no_decay = [], []
-    for name, p in module.named_parameters():
+    named = [*module.named_parameters(), *((f"method.{i}", p) for i, p in enumerate(extra or []))]
+    for name, p in named:
         if not p.requires_grad:
             continue
         (no_decay if p.dim() < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
@@ -381,6 +385,16 @@ def _is_tied(module: nn.Module, name: str) -> bool:
 # the loop
 
 
+def _average_grads(params: list[nn.Parameter], world: int) -> None:
+    """Average the gradients of parameters DDP does not manage across the ranks (a missing one counts as 0,
+    so every rank takes part in the same collectives)."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad /= world
+
+
 def run_trial(
     cfg: TrialConfig,
     output_dir: str | Path | None = None,
@@ -414,7 +428,9 @@ def run_trial(
     steps_per_epoch = _batches_per_epoch(len(parts.train), tcfg.batch_size, world)
     total_steps = sum(_batches_per_epoch(len(parts.train) + augment_rows_per_epoch * e, tcfg.batch_size, world)
                       for e in range(tcfg.epochs)) if augment_fn is not None else steps_per_epoch * tcfg.epochs
-    opt = make_optimizer(module, cfg)
+    method_params = parts.method.parameters()
+    trained = [*module.parameters(), *method_params]
+    opt = make_optimizer(module, cfg, method_params)
     sched = make_scheduler(opt, total_steps, tcfg.warmup_ratio)
     autocast = autocast_factory(device, cfg.model.bf16)
 
@@ -436,9 +452,10 @@ def run_trial(
             with parts.model.no_sync():  # type: ignore[operator]
                 loss.backward()
 
-    ctx = StepContext(model=parts.model, module=module, backward=backward, autocast=autocast)
+    ctx = StepContext(model=parts.model, module=module, backward=backward, autocast=autocast,
+                      step=sched.last_epoch, total_steps=total_steps)
     result = TrialResult(metrics=history[-1] if history else {}, history=history, model=module,
-                         tokenizer=parts.tokenizer)
+                         tokenizer=parts.tokenizer, method=parts.method)
     if history:
         result.checkpoint = Path(resume_from) if resume_from else None
 
@@ -451,13 +468,16 @@ def run_trial(
         bad: str | None = None
         for batch in data_mod.iter_batches(parts.train, tcfg.batch_size, order=order, pad_token_id=pad_id):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            ctx.step = sched.last_epoch
             out_step = parts.method.train_step(ctx, batch)
+            if world > 1 and method_params:
+                _average_grads(method_params, world)  # DDP averages the model's; the method's are ours
             loss_value = float(out_step.loss)
             if not math.isfinite(loss_value):
                 bad = f"loss {loss_value} at epoch {epoch} step {steps + 1}"
                 break
             if tcfg.max_grad_norm > 0:
-                gnorm = torch.nn.utils.clip_grad_norm_(module.parameters(), tcfg.max_grad_norm)
+                gnorm = torch.nn.utils.clip_grad_norm_(trained, tcfg.max_grad_norm)
                 if not torch.isfinite(gnorm):
                     bad = f"gradient norm {float(gnorm)} at epoch {epoch} step {steps + 1}"
                     break

@@ -13,9 +13,20 @@ from distat.config import parse_trial_config
 
 from helpers import free_port, shared_data_dir
 
-METHODS = ["adaptive_pgd", "freelb", "fgm", "trades"]
+METHODS = ["adaptive_pgd", "freelb", "fgm", "trades", "tavat", "adaptive_tavat"]
 
 
+
+
+def _state_sum(state) -> float:
+    """Every tensor of a method's state summed (nested dicts included): equal on every rank or not."""
+    total = 0.0
+    for value in state.values():
+        if isinstance(value, dict):
+            total += _state_sum(value)
+        elif isinstance(value, torch.Tensor):
+            total += float(value.double().sum())
+    return total
 
 
 def _worker(rank: int, port: int, backbone: str, data: str, out: str) -> None:
@@ -40,6 +51,7 @@ def _worker(rank: int, port: int, backbone: str, data: str, out: str) -> None:
             results[name] = {
                 "metrics": {k: v for k, v in result.metrics.items() if k != "epoch_time_s"},
                 "weights_sum": float(sum(p.double().sum() for p in result.model.parameters())),
+                "method_state_sum": _state_sum(result.method.state_dict()),
                 "wrapper": type(info["model"]).__name__,
                 "world_size": info["world_size"],
             }
@@ -59,6 +71,8 @@ def test_two_workers_end_the_epoch_with_the_same_w_and_weights(tmp_path, tiny_mo
     for name in METHODS:
         assert r0[name]["wrapper"] == "DistributedDataParallel" and r0[name]["world_size"] == 2
         assert r0[name]["weights_sum"] == r1[name]["weights_sum"], name  # DDP kept replicas equal
+        # and each method's own state (adaptive w, TA-VAT's table) too: DDP alone would not keep it equal
+        assert r0[name]["method_state_sum"] == r1[name]["method_state_sum"], name
     w0 = [r0["adaptive_pgd"]["metrics"][f"w_{i}"] for i in (1, 2)]
     w1 = [r1["adaptive_pgd"]["metrics"][f"w_{i}"] for i in (1, 2)]
     assert w0 == w1

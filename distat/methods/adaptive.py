@@ -1,16 +1,27 @@
-"""Adaptive adversarial training (seed paper: "Adaptive Adversarial Training for Balancing Model
+"""Adaptive adversarial training (seed paper: Zhu et al., "Adaptive Adversarial Training for Balancing Model
 Robustness and Standard Performance").
 
-A k-step method (PGD, FreeLB, TA-VAT) produces perturbation points p_1..p_k; with increments
-δ_i = p_i − p_{i−1} (p_0 = 0) its objective is rewritten as
+A k-step method (PGD, FreeLB, TA-VAT) starts from x₀ = x + δ₀ (its random start) and takes k ascent steps;
+with the increments δᵢ = p_i − p_{i−1} (p_0 = δ₀) its objective is rewritten as (Eqs. 5–6, 12)
 
-    Ĵ(θ, w) = L(θ; x₀ + β · Σᵢ wᵢ δᵢ, y),   w ∈ simplex (Σ wᵢ = 1, wᵢ ≥ 0).
+    Ĵ(θ, w) = L(θ; x₀ + β · Σᵢ wᵢ δᵢ, y),   w ∈ simplex (Σ wᵢ = 1, wᵢ ≥ 0),
 
-θ descends Ĵ; w *ascends* Ĵ with its own learning rate (``w_lr``), followed by a Euclidean projection
-back onto the simplex. w starts uniform (or ∝ k−i+1 with ``w_init: linear``), persists across batches
-and epochs, and is checkpointed. When ``max_norm`` > 0 the re-weighted perturbation is projected onto the same
-ball as the base method's. Identities (tested): uniform w with β = k gives PGD's loss exactly;
-w ∝ k−i+1 with β = (k+1)/2 gives FreeLB's average loss to first order in α (the paper's Eq. 10).
+the start staying outside the weighted sum. θ descends Ĵ; w *ascends* Ĵ with its own learning rate (``w_lr``),
+followed by a Euclidean projection back onto the simplex. w persists across batches and epochs and is
+checkpointed. When ``max_norm`` > 0 the re-weighted perturbation δ₀ + β·Σ wᵢδᵢ is projected onto the same ball
+as the base method's.
+
+Which start reproduces which base method (tested):
+
+- ``w_init: uniform`` with β = k: PGD's loss exactly (x₀ + k·(1/k)·Σδᵢ = x + p_k).
+- ``w_init: linear`` (wᵢ ∝ k−i+1) with β = (k+1)/2: the paper's Eq. 10 form of FreeLB,
+  (1/k)·Σ_{t=1}^{k} L(x₀ + Σ_{i≤t} δᵢ), to first order in α. distat's FreeLB with K = k+1 steps averages over
+  the K points p_0..p_k instead (the FreeLB paper's Algorithm 1), which to first order is the same w with
+  β = k/2 (see freelb.py).
+- TA-VAT is FreeLB-based (gradients at every ascent point), so it matches like FreeLB: linear w, β = (k+1)/2.
+
+``w_init: base`` (the default) starts from the base method's matching weights, and ``beta: null`` takes its
+matching β, so adaptive AT starts as its base method and moves away from it only as far as w's ascent takes it.
 
 Cost: the base method's ascent with input gradients only, then one full forward/backward — so adaptive
 FreeLB is cheaper than FreeLB, whose every step back-propagates into the parameters. Under DDP the
@@ -24,12 +35,11 @@ from typing import Any, Literal
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from distat.methods.base import ATMethod, Batch, StepContext, StepOutput, embeds, forward_logits
 from distat.methods.freelb import FreeLB
-from distat.methods.perturb import increments
 from distat.methods.pgd import PGD, KStepMethod, KStepSettings
 from distat.methods.tavat import TAVAT
 
@@ -42,9 +52,19 @@ class AdaptiveSettings(KStepSettings):
 
     name: Literal["adaptive"] = "adaptive"
     base: Literal["pgd", "freelb", "tavat"]
-    beta: float | None = Field(default=None, gt=0)  # None = auto: k for PGD/TA-VAT, (k+1)/2 for FreeLB
+    beta: float | None = Field(default=None, gt=0)  # None = the base's matching β: k for PGD, (k+1)/2 for FreeLB/TA-VAT
     w_lr: float = Field(default=1.0, ge=0)  # learning rate of the gradient ascent on w; 0 freezes w
-    w_init: Literal["uniform", "linear"] = "uniform"  # linear: w_i ∝ k-i+1 (FreeLB's implicit weights)
+    # the start of w: the base method's matching weights (uniform for PGD, ∝ k−i+1 for FreeLB and TA-VAT), or either
+    w_init: Literal["base", "uniform", "linear"] = "base"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _base_defaults(cls, data: Any) -> Any:
+        """A knob left out takes the base method's default (TA-VAT's differ from PGD's), not the k-step one."""
+        if not isinstance(data, dict) or data.get("base") not in BASES:
+            return data
+        base = BASES[data["base"]].settings.model_fields
+        return {**{k: f.default for k, f in base.items() if k != "name" and k in cls.model_fields}, **data}
 
     @property
     def label(self) -> str:
@@ -82,7 +102,8 @@ class AdaptiveAT(ATMethod):
     def __init__(self, cfg: AdaptiveSettings) -> None:
         super().__init__(cfg)
         self.base: KStepMethod = BASES[cfg.base](cfg.base_settings())
-        self.w = initial_weights(cfg.adv_steps, cfg.w_init)
+        kind = self.base.matching_weights if cfg.w_init == "base" else cfg.w_init
+        self.w = initial_weights(cfg.adv_steps, kind)
         self.beta = float(cfg.beta) if cfg.beta is not None else self.base.default_beta
 
     def setup(self, module: nn.Module) -> None:
@@ -90,15 +111,14 @@ class AdaptiveAT(ATMethod):
         self.w = self.w.to(module.get_input_embeddings().weight.device)
 
     def train_step(self, ctx: StepContext, batch: Batch) -> StepOutput:
-        x0 = embeds(ctx.module, batch)
-        points = self.base.perturbation_points(ctx, batch, x0.detach())
-        incs = torch.stack(increments(points))  # (k, B, T, H), detached
+        x = embeds(ctx.module, batch)
+        traj = self.base.trajectory(ctx, batch, x.detach())
+        incs = torch.stack(traj.increments())  # (k, B, T, H), detached
         w = self.w.detach().clone().requires_grad_(True)
-        delta = self.beta * torch.einsum("k,kbth->bth", w, incs)
-        # the re-weighted perturbation stays inside the base method's ball (a no-op when max_norm is 0)
-        delta = self.base.pert.project(delta)
+        # x₀ = x + δ₀ stays outside the weighted sum (Eq. 12); the result stays inside the base's ball
+        delta = self.base.project(traj.start + self.beta * torch.einsum("k,kbth->bth", w, incs), batch)
         with ctx.autocast():
-            logits = forward_logits(ctx.model, ctx.module, batch, x0 + delta)
+            logits = forward_logits(ctx.model, ctx.module, batch, x + delta)
         loss = F.cross_entropy(logits.float(), batch["labels"])
         ctx.backward(loss)
         grad = w.grad if w.grad is not None else torch.zeros_like(w)
@@ -109,8 +129,10 @@ class AdaptiveAT(ATMethod):
         # on the simplex; projecting NaNs would crash the trial instead
         if self.cfg.w_lr > 0 and bool(torch.isfinite(grad).all()):
             self.w = project_simplex(self.w + self.cfg.w_lr * grad)
-        self.base.observe(batch, points[-1])
-        return StepOutput(loss=loss.detach(), delta=delta.detach(), logs={"w_grad_norm": float(grad.norm())})
+        self.base.observe(batch, traj)
+        logs = {"w_grad_norm": float(grad.norm())}
+        self.base.diagnose(ctx, batch, x, traj, logs)
+        return StepOutput(loss=loss.detach(), delta=delta.detach(), logs=logs)
 
     def loss(self, ctx: StepContext, batch: Batch):
         raise NotImplementedError("adaptive AT updates w after the backward: use train_step")

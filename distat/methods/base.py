@@ -14,6 +14,10 @@ and the schedule; a method owns only what happens between "here is a batch" and 
 4. ``epoch_logs()`` at the end of each epoch: method state worth logging (adaptive weights, say).
 5. ``state_dict()`` / ``load_state_dict()`` so that training resumed from a checkpoint continues exactly.
 
+A method with trainable parts of its own (InfoBERT's mutual-information estimator) returns them from
+:meth:`ATMethod.parameters`: the loop adds them to the optimiser, clips them with the model's, averages
+their gradients across DDP ranks, and the method keeps their values in its ``state_dict``.
+
 Perturbations live in the input-embedding space (the output of ``module.get_input_embeddings()``),
 masked to real tokens (``attention_mask``). Inside an ascent loop only input gradients are needed, so
 methods use :func:`torch.autograd.grad` with ``inputs=[delta]``: autograd then skips every weight-gradient
@@ -52,6 +56,13 @@ class StepContext:
     module: nn.Module
     backward: Callable[..., None]
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+    step: int = 0  # optimiser steps taken before this one (the loop sets it)
+    total_steps: int = 0  # the trial's planned optimiser steps; 0 when unknown (a step outside the loop)
+
+    @property
+    def progress(self) -> float:
+        """The fraction of training done before this step, in [0, 1] (0 when the total is unknown)."""
+        return min(1.0, self.step / self.total_steps) if self.total_steps > 0 else 0.0
 
     @staticmethod
     def plain(model: nn.Module) -> StepContext:
@@ -105,6 +116,10 @@ class ATMethod:
     def setup(self, module: nn.Module) -> None:
         """Called once with the bare model before the first step."""
 
+    def parameters(self) -> list[nn.Parameter]:
+        """The method's own trainable parameters (none by default), trained by the loop's optimiser."""
+        return []
+
     def loss(self, ctx: StepContext, batch: Batch) -> tuple[torch.Tensor, dict[str, float], torch.Tensor | None]:
         """The differentiable objective of the batch, its logs and the final perturbation (if any)."""
         with ctx.autocast():
@@ -143,6 +158,17 @@ def forward_logits(model: nn.Module, module: nn.Module, batch: Batch, inputs_emb
     if "token_type_ids" in batch and getattr(module.config, "type_vocab_size", 0) > 1:
         kwargs["token_type_ids"] = batch["token_type_ids"]
     return model(**kwargs).logits
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module):
+    """Dropout off inside the block (``module.eval()``), the module's previous mode restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def token_mask(batch: Batch, like: torch.Tensor) -> torch.Tensor:

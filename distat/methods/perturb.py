@@ -99,10 +99,11 @@ class Perturbation:
         return points
 
 
-def increments(points: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """δ_i = p_i − p_{i−1} with p_0 = 0, so that Σ δ_i = p_last exactly in exact arithmetic."""
+def increments(points: Sequence[torch.Tensor], start: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """δ_i = p_i − p_{i−1} with p_0 = ``start`` (zero when None), so that ``start`` + Σ δ_i = p_last exactly in
+    exact arithmetic."""
     out: list[torch.Tensor] = []
-    prev: torch.Tensor | None = None
+    prev = start
     for p in points:
         out.append(p if prev is None else p - prev)
         prev = p

@@ -1,7 +1,11 @@
 """TRADES (Zhang et al., ICML 2019) in the embedding space.
 
-The perturbation maximises KL(f(x₀) ‖ f(x₀ + δ)) by k ascent steps from a small random start; the model
-minimises CE(f(x₀), y) + β_T · KL(f(x₀) ‖ f(x₀ + δ)) with β_T = ``trades_beta`` (the paper's 6 by default).
+The perturbation maximises KL(f(x₀) ‖ f(x₀ + δ)) by k ascent steps from a small random start, with dropout
+off (the TRADES reference puts the model in eval mode to craft the perturbation, then back in train mode);
+the model minimises CE(f(x₀), y) + β_T · KL(f(x₀) ‖ f(x₀ + δ)) with β_T = ``trades_beta``.
+
+β_T defaults to 0.5, the setting of the adaptive-AT paper's TRADES baseline (§5.3: "The weighting factor α in
+TRADES is set to 0.5"), whose tables distat reproduces; the TRADES paper's image experiments use 6 (1/λ).
 The clean and adversarial inputs go through the model in one forward of the doubled batch, so there is
 exactly one forward per backward (what DDP requires).
 """
@@ -14,7 +18,16 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from distat.methods.base import ATMethod, Batch, StepContext, embeds, forward_logits, kl_div, token_mask
+from distat.methods.base import (
+    ATMethod,
+    Batch,
+    StepContext,
+    embeds,
+    eval_mode,
+    forward_logits,
+    kl_div,
+    token_mask,
+)
 from distat.methods.perturb import Perturbation, from_config
 from distat.methods.pgd import KStepSettings
 
@@ -29,7 +42,7 @@ def _doubled(batch: Batch) -> Batch:
 
 class TRADESSettings(KStepSettings):
     name: Literal["trades"] = "trades"
-    trades_beta: float = Field(default=6.0, ge=0)  # β_T: weight of the KL term
+    trades_beta: float = Field(default=0.5, ge=0)  # β_T: weight of the KL term (adaptive-AT paper §5.3: 0.5)
 
 
 class TRADES(ATMethod):
@@ -50,15 +63,16 @@ class TRADES(ATMethod):
         x0 = embeds(ctx.module, batch)
         mask = token_mask(batch, x0)
         x0d = x0.detach()
-        with torch.no_grad(), ctx.autocast():
-            target = forward_logits(ctx.module, ctx.module, batch, x0d)
+        with eval_mode(ctx.module):  # the ascent sees the deterministic network, as in the TRADES reference
+            with torch.no_grad(), ctx.autocast():
+                target = forward_logits(ctx.module, ctx.module, batch, x0d)
 
-        def objective(delta: torch.Tensor) -> torch.Tensor:
-            with ctx.autocast():
-                logits = forward_logits(ctx.module, ctx.module, batch, x0d + delta)
-            return kl_div(target, logits)
+            def objective(delta: torch.Tensor) -> torch.Tensor:
+                with ctx.autocast():
+                    logits = forward_logits(ctx.module, ctx.module, batch, x0d + delta)
+                return kl_div(target, logits)
 
-        delta = self.pert.ascend(self._start(x0d, mask), self.cfg.adv_steps, objective, mask)[-1]
+            delta = self.pert.ascend(self._start(x0d, mask), self.cfg.adv_steps, objective, mask)[-1]
         with ctx.autocast():
             both = forward_logits(ctx.model, ctx.module, _doubled(batch), torch.cat([x0, x0 + delta]))
         clean_logits, adv_logits = both.chunk(2)
