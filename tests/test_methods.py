@@ -18,9 +18,9 @@ from distat.methods.base import StepContext, embeds, forward_logits
 from distat.methods.perturb import Perturbation, increments
 from distat.methods.taylor import taylor_error
 
-ALL = ["standard", "fgm", "pgd", "freelb", "tavat", "trades", "adaptive_pgd", "adaptive_freelb", "adaptive_tavat",
-       "mixup"]
-PERTURBING = [m for m in ALL if m not in ("standard", "mixup")]  # mixup perturbs hidden states, not embeddings
+ALL = ["standard", "fgm", "pgd", "freelb", "tavat", "trades", "infobert", "smart", "adaptive_pgd",
+       "adaptive_freelb", "adaptive_tavat", "mixup"]
+PERTURBING = [m for m in ALL if m not in ("standard", "mixup")]  # mixup perturbs hidden states
 
 SENTENCES = [
     "a stirring , funny and finally transporting re-imagining of beauty and the beast",
@@ -52,15 +52,18 @@ def cfg_for(name: str, **kw) -> methods.Settings:
 
 
 def step(method_name: str, model, batch, seed: int = 0, **kw):
+    """One training step of a fresh method; the seed governs setup too (as a trial's does: the loop seeds before
+    building the method, whose setup may draw its own parameters, InfoBERT's critic say)."""
     method = methods.build(cfg_for(method_name, **kw))
-    method.setup(model)
     torch.manual_seed(seed)
+    method.setup(model)
     model.zero_grad(set_to_none=True)
     return method, method.train_step(StepContext.plain(model), batch)
 
 
 def test_registry_lists_every_method():
-    assert set(methods.available()) == {"standard", "fgm", "pgd", "freelb", "tavat", "trades", "adaptive", "mixup"}
+    assert set(methods.available()) == {"standard", "fgm", "pgd", "freelb", "tavat", "trades", "infobert", "smart",
+                                        "adaptive", "mixup"}
 
 
 @pytest.mark.parametrize("name", ALL)

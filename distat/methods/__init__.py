@@ -21,8 +21,10 @@ from distat.methods.adaptive import BASES, AdaptiveAT, AdaptiveSettings
 from distat.methods.base import ATMethod, Settings, StandardSettings, StepContext, StepOutput
 from distat.methods.fgm import FGM, FGMSettings
 from distat.methods.freelb import FreeLB, FreeLBSettings
+from distat.methods.infobert import InfoBERT, InfoBERTSettings
 from distat.methods.mixup import Mixup, MixupSettings
 from distat.methods.pgd import PGD, KStepMethod, KStepSettings, PGDSettings
+from distat.methods.smart import SMART, SMARTSettings
 from distat.methods.tavat import TAVAT, TAVATSettings
 from distat.methods.trades import TRADES, TRADESSettings
 
@@ -32,12 +34,14 @@ __all__ = [
     "AdaptiveSettings",
     "FGMSettings",
     "FreeLBSettings",
+    "InfoBERTSettings",
     "KStepMethod",
     "KStepSettings",
     "MethodSettings",
     "Mixup",
     "MixupSettings",
     "PGDSettings",
+    "SMARTSettings",
     "Settings",
     "StandardSettings",
     "StepContext",
@@ -52,7 +56,7 @@ __all__ = [
 ]
 
 REGISTRY: dict[str, type[ATMethod]] = {
-    cls.name: cls for cls in (ATMethod, FGM, PGD, FreeLB, TAVAT, TRADES, AdaptiveAT, Mixup)
+    cls.name: cls for cls in (ATMethod, FGM, PGD, FreeLB, TAVAT, TRADES, InfoBERT, SMART, AdaptiveAT, Mixup)
 }
 
 
@@ -118,7 +122,7 @@ def _normalise(data: Any) -> Any:
 #: ``method.mix_alpha: unknown key for method 'pgd'``).
 MethodSettings = Annotated[
     StandardSettings | FGMSettings | PGDSettings | FreeLBSettings | TAVATSettings | TRADESSettings
-    | AdaptiveSettings | MixupSettings,
+    | InfoBERTSettings | SMARTSettings | AdaptiveSettings | MixupSettings,
     Field(discriminator="name"),
     BeforeValidator(_normalise),
 ]

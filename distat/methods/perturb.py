@@ -64,6 +64,9 @@ class Perturbation:
         """One normalised ascent step of size ``step_size``, then projection and masking."""
         grad = grad.float()
         if self.norm_type == "linf":
+            # DEVIATION: the linf step is Madry et al.'s α·sign(g) for every k-step method; FreeLB's and
+            # TextDefender's code divide g by its per-example max |g| instead (the l2 step is theirs). One
+            # linf step for all methods keeps "the same α" comparable across a search's methods.
             direction = grad.sign()
         else:
             gnorm = grad.norm(p=2, dim=self._reduce_dims(grad), keepdim=True)
