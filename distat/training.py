@@ -465,6 +465,7 @@ def run_trial(
         order = order[: len(order) // world * world][rank::world]
         loss_sum, steps, t0 = 0.0, 0, time.perf_counter()
         log_sums: dict[str, float] = {}
+        log_counts: dict[str, int] = {}
         bad: str | None = None
         for batch in data_mod.iter_batches(parts.train, tcfg.batch_size, order=order, pad_token_id=pad_id):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -486,8 +487,9 @@ def run_trial(
             opt.zero_grad(set_to_none=True)
             loss_sum += loss_value
             steps += 1
-            for key, value in out_step.logs.items():
+            for key, value in out_step.logs.items():  # averaged over the steps that logged the key
                 log_sums[key] = log_sums.get(key, 0.0) + value
+                log_counts[key] = log_counts.get(key, 0) + 1
             if on_step is not None:
                 on_step(steps, loss_value)
         if bad is not None:
@@ -499,7 +501,7 @@ def run_trial(
 
         metrics = {"epoch": float(epoch), "train_loss": loss_sum / max(steps, 1),
                    "epoch_time_s": time.perf_counter() - t0, "diverged": 0.0}
-        metrics.update({key: total / max(steps, 1) for key, total in log_sums.items()})
+        metrics.update({key: total / log_counts[key] for key, total in log_sums.items()})
         metrics.update(evaluate(module, parts.dev, tcfg.eval_batch_size, device, pad_id, autocast))
         metrics.update(parts.method.epoch_logs())
         if augment_fn is not None and epoch < tcfg.epochs:

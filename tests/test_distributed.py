@@ -1,4 +1,5 @@
-"""Two DDP workers (gloo, CPU processes): adaptive weights and model weights stay identical."""
+"""Two DDP workers (gloo, CPU processes): model weights and every method's own state (adaptive w, TA-VAT's
+table, InfoBERT's critic, SMART's anchor) stay identical."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from distat.config import parse_trial_config
 
 from helpers import free_port, shared_data_dir
 
-METHODS = ["adaptive_pgd", "freelb", "fgm", "trades", "tavat", "adaptive_tavat"]
+METHODS = ["adaptive_pgd", "freelb", "fgm", "trades", "tavat", "adaptive_tavat", "infobert", "smart"]
 
 
 
@@ -41,7 +42,7 @@ def _worker(rank: int, port: int, backbone: str, data: str, out: str) -> None:
                 "seed": 11,
                 "data": {"path": data, "max_train_examples": 32, "max_dev_examples": 8, "max_length": 24},
                 "model": {"backbone": backbone, "device": "cpu"},
-                "method": {"name": name, **({"adv_steps": 2} if name != "fgm" else {}),
+                "method": {"name": name, **({"adv_steps": 2} if name not in ("fgm", "smart", "flooding") else {}),
                            **({"w_lr": 30.0} if name.startswith("adaptive") else {})},
                 "train": {"epochs": 1, "batch_size": 4, "lr": 1e-3},
                 "output_dir": f"{out}/{name}",

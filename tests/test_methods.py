@@ -18,9 +18,10 @@ from distat.methods.base import StepContext, embeds, forward_logits
 from distat.methods.perturb import Perturbation, increments
 from distat.methods.taylor import taylor_error
 
-ALL = ["standard", "fgm", "pgd", "freelb", "tavat", "trades", "infobert", "smart", "adaptive_pgd",
+ALL = ["standard", "fgm", "pgd", "freelb", "tavat", "trades", "infobert", "smart", "flooding", "adaptive_pgd",
        "adaptive_freelb", "adaptive_tavat", "mixup"]
-PERTURBING = [m for m in ALL if m not in ("standard", "mixup")]  # mixup perturbs hidden states
+# mixup perturbs hidden states, Flooding-X nothing
+PERTURBING = [m for m in ALL if m not in ("standard", "mixup", "flooding")]
 
 SENTENCES = [
     "a stirring , funny and finally transporting re-imagining of beauty and the beast",
@@ -63,7 +64,7 @@ def step(method_name: str, model, batch, seed: int = 0, **kw):
 
 def test_registry_lists_every_method():
     assert set(methods.available()) == {"standard", "fgm", "pgd", "freelb", "tavat", "trades", "infobert", "smart",
-                                        "adaptive", "mixup"}
+                                        "flooding", "adaptive", "mixup"}
 
 
 @pytest.mark.parametrize("name", ALL)

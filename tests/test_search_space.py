@@ -29,7 +29,7 @@ from distat.search.space import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ("demo", "adaptive_pgd", "adaptive_freelb", "baselines", "amda")
+SHIPPED = ("demo", "adaptive_pgd", "adaptive_freelb", "adaptive_tavat", "baselines", "amda")
 
 ADAPTIVE = ["adaptive_pgd", "adaptive_freelb"]
 
@@ -126,6 +126,42 @@ def test_search_configs_with_trades_knob_fixed_for_some_methods() -> None:
     trades = apply_params(cfg, {"method": "trades", "adv_steps": 2}, "o").method
     assert (trades.adv_steps, trades.init_mag, trades.trades_beta) == (2, 0.0, 3.0)
     assert apply_params(cfg, {"method": "pgd"}, "o").method.adv_steps == 4
+
+
+TABLE_2 = ["standard", "infobert", "flooding", "smart", "trades", "pgd", "adaptive_pgd", "freelb", "adaptive_freelb",
+           "tavat", "adaptive_tavat"]
+
+
+def test_baselines_yaml_is_table_2_at_the_papers_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every row of the adaptive-AT paper's Table 2 runs once, in order, at α = 0.04, β = k or (k+1)/2, TRADES 0.5
+    and each method's own defaults otherwise."""
+    if not (ROOT.parent / "shared" / "data").is_dir():
+        pytest.skip("shared data not found next to the repository")
+    monkeypatch.chdir(ROOT)
+    cfg = load_search_config(Path("search_spaces/baselines.yaml"))
+    assert [p["method"] for p in cfg.search.points] == TABLE_2 and cfg.search.num_samples == len(TABLE_2)
+    rows = {name: apply_params(cfg, {"method": name}, "o").method for name in TABLE_2}
+    assert {rows[n].label for n in TABLE_2} == set(TABLE_2)
+    for name, settings in rows.items():
+        if "adv_lr" in type(settings).model_fields:
+            assert settings.adv_lr == 0.04, name
+    assert rows["trades"].trades_beta == 0.5
+    assert methods.build(rows["adaptive_pgd"]).beta == rows["adaptive_pgd"].adv_steps
+    for name in ("adaptive_freelb", "adaptive_tavat"):
+        assert methods.build(rows[name]).beta == (rows[name].adv_steps + 1) / 2, name
+    assert (rows["tavat"].adv_steps, rows["tavat"].max_norm) == (2, 0.5)  # TA-VAT's own (TextDefender's)
+    assert rows["adaptive_tavat"].adv_steps == 2
+    for name in ("infobert", "flooding", "smart"):
+        defaults = methods.parse_settings({"name": name}).model_dump()
+        assert {k: v for k, v in rows[name].model_dump().items() if k != "adv_lr"} == \
+               {k: v for k, v in defaults.items() if k != "adv_lr"}, name
+
+
+@pytest.mark.parametrize("stem", ["adaptive_pgd", "adaptive_freelb", "adaptive_tavat"])
+def test_shipped_spaces_keep_k_where_the_method_is_not_degenerate(stem: str) -> None:
+    """FreeLB and TA-VAT at k = 1 train only at the start; adaptive AT at k = 1 has w ≡ [1]."""
+    data = yaml.safe_load((ROOT / "search_spaces" / f"{stem}.yaml").read_text(encoding="utf-8"))
+    assert data["params"]["adv_steps"]["int"][0] >= 2
 
 
 def test_demo_is_small() -> None:
@@ -251,6 +287,18 @@ BAD_CASES: list[tuple[str, Any, str, str]] = [
      "params.method.choice.2", "method.w_lr: Input should be greater than or equal to 0"),
     ("base name in the long form without base", {"trial__method": {"name": "adaptive"}}, "trial.method",
      "needs base"),
+    # search.points: fixed rows tried first
+    ("more points than trials", {"search__points": [{"method": "pgd"}] * 5}, "search.points", "num_samples is 4"),
+    ("point names no parameter", {"search__points": [{"mthod": "pgd"}]}, "search.points.0.mthod",
+     "not a parameter of this search"),
+    ("point value not a choice", {"search__points": [{"method": "tavat"}]}, "search.points.0.method",
+     "tavat is not a value of choice [pgd, freelb, adaptive_pgd, adaptive_freelb]"),
+    ("point value out of range", {"search__points": [{"adv_steps": 4}]}, "search.points.0.adv_steps",
+     "4 is not a value of int [1, 3]"),
+    ("point value of another type", {"search__points": [{"adv_steps": "2"}]}, "search.points.0.adv_steps",
+     "not a value"),
+    ("point sets a parameter its condition disables", {"search__points": [{"method": "pgd", "beta": 1.0}]},
+     "search.points.0.beta", "condition (method in [adaptive_pgd, adaptive_freelb]) does not hold"),
 ]
 
 
@@ -306,8 +354,8 @@ def test_base_is_valid() -> None:
 # define-by-run
 
 
-def _space_config() -> SearchConfig:
-    data = _config()
+def _space_config(**changes: Any) -> SearchConfig:
+    data = _config(**changes)
     data["params"]["data.max_length"] = {"int": [16, 48], "step": 16}
     data["params"]["norm_type"] = {"choice": ["l2", "linf"]}
     data["params"]["max_norm"] = {"uniform": [1.0, 2.0], "when": {"method": ["freelb"], "norm_type": ["linf"]}}
@@ -363,6 +411,24 @@ def test_define_by_run_through_ray_optuna_search() -> None:
         assert {"method", "adv_lr", "adv_steps", "data.max_length", "norm_type"} <= set(config)
         assert apply_params(cfg, config, "runs/t").data.max_length == config["data.max_length"]
         searcher.on_trial_complete(f"t{i}", {"clean_acc": 0.5, "robust_acc": 0.1})
+
+
+def test_points_run_first_in_order_through_ray_optuna_search() -> None:
+    """``search.points`` are the first trials, in order; what a point leaves out is sampled."""
+    from distat.search.searcher import build_searcher
+
+    points = [{"method": "freelb", "adv_steps": 2}, {"method": "adaptive_pgd", "beta": 2.0}]
+    cfg = _space_config(search__num_samples=5, search__points=points)
+    assert cfg.search.points == tuple(points)
+    searcher = build_searcher(define_by_run(cfg), ["clean_acc", "robust_acc"], seed=0, clean_acc_floor=None,
+                              points_to_evaluate=list(cfg.search.points))
+    suggested = []
+    for i in range(3):
+        suggested.append(searcher.suggest(f"t{i}"))
+        searcher.on_trial_complete(f"t{i}", {"clean_acc": 0.5, "robust_acc": 0.1})
+    assert {k: suggested[0][k] for k in points[0]} == points[0] and "beta" not in suggested[0]
+    assert {k: suggested[1][k] for k in points[1]} == points[1] and 0.01 <= suggested[1]["adv_lr"] <= 0.1
+    assert apply_params(cfg, suggested[1], "runs/t").method.beta == 2.0
 
 
 # --------------------------------------------------------------------------------------------------

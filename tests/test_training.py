@@ -83,6 +83,37 @@ def test_resume_continues_bit_for_bit(tmp_path, tiny_model_dir):
     assert torch.equal(sa["rng"]["torch"], sb["rng"]["torch"])
 
 
+@pytest.mark.parametrize("method", [
+    {"name": "infobert", "adv_steps": 2},  # its critic: trained by the loop's optimiser, in the method's state
+    {"name": "smart"},  # its momentum anchor, updated at the start of each step
+    {"name": "flooding", "accordance_every": 1},  # auto b: its loss EMA and accordance readings
+], ids=lambda m: m["name"])
+def test_method_state_resumes_bit_for_bit(tmp_path, tiny_model_dir, method):
+    full = run_trial(trial(tmp_path / "full", tiny_model_dir, method))
+    part_dir = tmp_path / "part"
+    run_trial(trial(part_dir, tiny_model_dir, method), on_epoch_end=lambda m, c: True)
+    resumed = run_trial(trial(part_dir, tiny_model_dir, method), resume_from=latest_checkpoint(part_dir / "checkpoints"))
+    assert _untimed(resumed.history) == _untimed(full.history)
+    a = load_file(full.checkpoint / "model.safetensors")
+    b = load_file(resumed.checkpoint / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    sa = torch.load(full.checkpoint / "train_state.pt", weights_only=True)["method"]
+    sb = torch.load(resumed.checkpoint / "train_state.pt", weights_only=True)["method"]
+    flat_a, flat_b = _flat(sa), _flat(sb)
+    assert flat_a and flat_a.keys() == flat_b.keys()
+    assert all(torch.equal(flat_a[k], flat_b[k]) if isinstance(flat_a[k], torch.Tensor) else flat_a[k] == flat_b[k]
+               for k in flat_a)
+    if method["name"] == "flooding":  # the auto-b bookkeeping was carried across the resume
+        assert {"loss_ema", "first_accordance", "last_accordance"} <= flat_a.keys()
+
+
+def _flat(state, prefix=""):
+    out = {}
+    for k, v in state.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def _untimed(history):
     return [{k: v for k, v in m.items() if k != "epoch_time_s"} for m in history]
 

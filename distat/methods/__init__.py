@@ -20,6 +20,7 @@ from pydantic import BeforeValidator, Field, TypeAdapter
 from distat.methods.adaptive import BASES, AdaptiveAT, AdaptiveSettings
 from distat.methods.base import ATMethod, Settings, StandardSettings, StepContext, StepOutput
 from distat.methods.fgm import FGM, FGMSettings
+from distat.methods.flooding import FloodingSettings, FloodingX
 from distat.methods.freelb import FreeLB, FreeLBSettings
 from distat.methods.infobert import InfoBERT, InfoBERTSettings
 from distat.methods.mixup import Mixup, MixupSettings
@@ -33,6 +34,7 @@ __all__ = [
     "ATMethod",
     "AdaptiveSettings",
     "FGMSettings",
+    "FloodingSettings",
     "FreeLBSettings",
     "InfoBERTSettings",
     "KStepMethod",
@@ -56,7 +58,7 @@ __all__ = [
 ]
 
 REGISTRY: dict[str, type[ATMethod]] = {
-    cls.name: cls for cls in (ATMethod, FGM, PGD, FreeLB, TAVAT, TRADES, InfoBERT, SMART, AdaptiveAT, Mixup)
+    cls.name: cls for cls in (ATMethod, FGM, PGD, FreeLB, TAVAT, TRADES, InfoBERT, SMART, FloodingX, AdaptiveAT, Mixup)
 }
 
 
@@ -122,7 +124,7 @@ def _normalise(data: Any) -> Any:
 #: ``method.mix_alpha: unknown key for method 'pgd'``).
 MethodSettings = Annotated[
     StandardSettings | FGMSettings | PGDSettings | FreeLBSettings | TAVATSettings | TRADESSettings
-    | InfoBERTSettings | SMARTSettings | AdaptiveSettings | MixupSettings,
+    | InfoBERTSettings | SMARTSettings | FloodingSettings | AdaptiveSettings | MixupSettings,
     Field(discriminator="name"),
     BeforeValidator(_normalise),
 ]

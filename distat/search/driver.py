@@ -106,7 +106,8 @@ def _fit_new(state: SearchState, callbacks: Sequence[Any] = (),
         trainable(state),
         # reuse_actors: the next trial runs in the finished trial's trainable process (~2.5 s per trial less:
         # a fresh process imports Ray Tune/Train first); it holds no CPU, only the trial's bookkeeping
-        tune_config=tune.TuneConfig(search_alg=_searcher(scfg, points_to_evaluate), num_samples=scfg.search.num_samples,
+        tune_config=tune.TuneConfig(search_alg=_searcher(scfg, points_to_evaluate or list(scfg.search.points)),
+                                    num_samples=scfg.search.num_samples,
                                     max_concurrent_trials=scfg.search.max_concurrent, reuse_actors=True),
         run_config=_run_config(state, callbacks),
     )

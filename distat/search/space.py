@@ -391,6 +391,17 @@ class ParamSpec(Strict):
             yield (self.kind, 0), low
             yield (self.kind, 1), high
 
+    def admits(self, value: Any) -> bool:
+        """Whether ``value`` is one this distribution can give."""
+        if self.kind == "choice":
+            return any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in self.choice or ())
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        low, high = self.bounds
+        if self.kind == "int" and value != int(value):
+            return False
+        return low <= value <= high
+
     def applies(self, chosen: dict[str, Any]) -> bool:
         """Whether the condition holds for the values chosen so far (always, without ``when``)."""
         return all(dep in chosen and chosen[dep] in values for dep, values in (self.when or {}).items())
@@ -479,6 +490,9 @@ class SearchSettings(Strict):
     max_concurrent: StrictInt = Field(default=1, ge=1)  # trials running at once
     objectives: tuple[str, ...] = OBJECTIVES  # both maximised; fixed for now
     clean_acc_floor: Number | None = Field(default=None, ge=0, le=1)  # trials below it are infeasible
+    # parameter values (by name) that the first trials run, in order, before the sampler suggests anything:
+    # a paper table's fixed rows, or known-good settings; the parameters a point leaves out are sampled
+    points: tuple[dict[str, Any], ...] = ()
 
     @field_validator("objectives")
     @classmethod
@@ -658,7 +672,34 @@ class SearchConfig(Strict):
                 problem = _path_problem(target, value)
                 if problem:
                     raise KeyedError(("params", name, *key), problem)
+        self._check_points()
         return self
+
+    def _check_points(self) -> None:
+        """Each of ``search.points`` names only parameters of the space, with values their distributions can
+        give, and makes a valid trial; there are no more points than trials."""
+        points = self.search.points
+        if len(points) > self.search.num_samples:
+            raise KeyedError(("search", "points"), f"{len(points)} points but num_samples is "
+                                                   f"{self.search.num_samples}: the last ones would never run")
+        for i, point in enumerate(points):
+            for name, value in point.items():
+                spec = self.params.get(name)
+                if spec is None:
+                    raise KeyedError(("search", "points", i, name), "not a parameter of this search (params: "
+                                                                    f"{', '.join(self.params)})")
+                if not spec.admits(value):
+                    raise KeyedError(("search", "points", i, name), f"{_fmt(value)} is not a value of "
+                                                                    f"{spec.describe()}")
+                if not spec.applies(point):
+                    condition = "; ".join(f"{dep} in {_fmt_list(vals)}" for dep, vals in (spec.when or {}).items())
+                    raise KeyedError(("search", "points", i, name), f"set, but its condition ({condition}) does "
+                                                                    "not hold in this point")
+            try:
+                _build(dict(point), self.trial, _PLACEHOLDER_DIR)
+            except ValidationError as e:
+                loc, msg = first_problem(e, TrialConfig, _HIDDEN)
+                raise KeyedError(("search", "points", i), f"makes an invalid trial: {'.'.join(loc)}: {msg}") from None
 
     def _method_knobs(self) -> None:
         """Every method knob must exist for each method it can be applied with.
