@@ -945,4 +945,6 @@ def describe(cfg: SearchConfig) -> str:
         f"resources per trial: {r.num_workers} worker(s) × {_fmt(r.cpus_per_worker)} CPU{gpu}",
         "params:",
         *(f"  {name:<{width}}  {spec.describe()}" for name, spec in cfg.params.items()),
+        *([f"first {len(s.points)} trial(s) fixed (search.points): "
+           + "; ".join(", ".join(f"{k} {_fmt(v)}" for k, v in p.items()) for p in s.points)] if s.points else []),
     ])
