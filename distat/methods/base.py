@@ -171,6 +171,12 @@ def eval_mode(module: nn.Module):
         module.train(was_training)
 
 
+def doubled(batch: Batch) -> Batch:
+    """The batch twice over (B → 2B), for one forward of a clean and a perturbed copy (DDP: one forward per
+    backward)."""
+    return {k: torch.cat([v, v]) for k, v in batch.items()}
+
+
 def token_mask(batch: Batch, like: torch.Tensor) -> torch.Tensor:
     """(B, T, 1) mask of real tokens in the dtype of ``like``."""
     return batch["attention_mask"].to(like.dtype).unsqueeze(-1)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
-from distat.methods.base import ATMethod, Batch, Settings, StepContext, embeds, forward_logits
+from distat.methods.base import ATMethod, Batch, Settings, StepContext, doubled, embeds, forward_logits
 from distat.methods.mixing import (
     check_layers,
     default_layers,
@@ -80,9 +80,6 @@ class MixDraw:
     perm: torch.Tensor  # (B,) long, on the CPU
 
 
-def _doubled(batch: Batch) -> Batch:
-    return {k: torch.cat([v, v]) for k, v in batch.items()}
-
 
 class Mixup(ATMethod):
     name = "mixup"
@@ -120,9 +117,9 @@ class Mixup(ATMethod):
             self.setup(ctx.module)
         labels = batch["labels"]
         d = self.draw(labels.shape[0])
-        doubled = _doubled(batch)
+        twice = doubled(batch)
         with mixing(ctx.module, layer=d.layer, lam=d.lam, perm=d.perm, mix_type=self.cfg.mix_type), ctx.autocast():
-            both = forward_logits(ctx.model, ctx.module, doubled, embeds(ctx.module, doubled))
+            both = forward_logits(ctx.model, ctx.module, twice, embeds(ctx.module, twice))
         clean_logits, mixed_logits = both.chunk(2)
         natural = F.cross_entropy(clean_logits.float(), labels)
         targets = mix_targets(labels, d.perm, d.lam, mixed_logits.shape[-1])

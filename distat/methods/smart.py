@@ -48,6 +48,7 @@ from distat.methods.base import (
     Settings,
     StepContext,
     StepOutput,
+    doubled,
     embeds,
     forward_logits,
     kl_div,
@@ -104,9 +105,6 @@ def ascent_step(delta: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor, eta
     g_inf = g.abs().amax(dim=tuple(range(1, g.dim())), keepdim=True).clamp_min(_TINY)
     return (delta.float() + eta * g / g_inf).clamp(-eps, eps) * mask
 
-
-def _doubled(batch: Batch) -> Batch:
-    return {k: torch.cat([v, v]) for k, v in batch.items()}
 
 
 class SMART(ATMethod):
@@ -208,7 +206,7 @@ class SMART(ATMethod):
         x = embeds(ctx.module, batch)
         delta = self.perturb(ctx, batch, x.detach())
         with ctx.autocast():
-            both = forward_logits(ctx.model, ctx.module, _doubled(batch), torch.cat([x, x + delta]))
+            both = forward_logits(ctx.model, ctx.module, doubled(batch), torch.cat([x, x + delta]))
         clean_logits, adv_logits = both.chunk(2)
         assert self.anchor is not None
         with torch.no_grad(), ctx.autocast():

@@ -22,6 +22,7 @@ from distat.methods.base import (
     ATMethod,
     Batch,
     StepContext,
+    doubled,
     embeds,
     eval_mode,
     forward_logits,
@@ -35,9 +36,6 @@ from distat.methods.pgd import KStepSettings
 # TRADES reference code uses 0.001·N(0, 1). We use that scale when init_mag is 0.
 _MIN_INIT = 1e-3
 
-
-def _doubled(batch: Batch) -> Batch:
-    return {k: torch.cat([v, v]) for k, v in batch.items()}
 
 
 class TRADESSettings(KStepSettings):
@@ -74,7 +72,7 @@ class TRADES(ATMethod):
 
             delta = self.pert.ascend(self._start(x0d, mask), self.cfg.adv_steps, objective, mask)[-1]
         with ctx.autocast():
-            both = forward_logits(ctx.model, ctx.module, _doubled(batch), torch.cat([x0, x0 + delta]))
+            both = forward_logits(ctx.model, ctx.module, doubled(batch), torch.cat([x0, x0 + delta]))
         clean_logits, adv_logits = both.chunk(2)
         natural = F.cross_entropy(clean_logits.float(), batch["labels"])
         robust = kl_div(clean_logits, adv_logits)
