@@ -158,6 +158,35 @@ def print_trial_event(event: Any) -> None:
         _say(f"  ERROR   {event.trial_id}: see {event.path}")
 
 
+def _front_display(table: Any) -> Any:
+    """The front's rows for printing: a ``~`` mark and the front members named on trials within noise of the
+    front (only when there is one), each objective followed by its interval and count in one cell, the other
+    columns as they are."""
+    import pandas as pd
+
+    def ci(row: Any, name: str) -> str:
+        cells = [row.get(f"{name}{end}") for end in ("_lo", "_hi", "_n")]
+        if any(v is None or pd.isna(v) for v in cells):
+            return "-"
+        return f"[{cells[0]:.3f}, {cells[1]:.3f}] n={int(cells[2])}"
+
+    peers = table["within_noise_of"].fillna("").astype(str) if "within_noise_of" in table else None
+    noisy = peers is not None and bool(peers.astype(bool).any())
+    shown = pd.DataFrame(index=table.index)
+    if noisy:
+        shown[""] = ["~" if v else "" for v in peers]
+    interval_columns = {f"{name}{end}" for name in ("clean_acc", "robust_acc") for end in ("_lo", "_hi", "_n")}
+    for column in table.columns:
+        if column in interval_columns or column == "within_noise_of":
+            continue
+        shown[column] = table[column]
+        if column in ("clean_acc", "robust_acc"):
+            shown[f"{column.removesuffix('_acc')} 95% CI"] = [ci(row, column) for _, row in table.iterrows()]
+    if noisy:
+        shown["within noise of"] = peers
+    return shown
+
+
 def _print_front(front: Any) -> None:
     if not front.total:
         print("no trial finished: nothing on the Pareto front (see the trial errors above)")
@@ -167,7 +196,11 @@ def _print_front(front: Any) -> None:
         print(f"  left out, below the clean-accuracy floor: {', '.join(front.below_floor)}")
     if front.diverged:
         print(f"  left out, diverged: {', '.join(front.diverged)}")
-    print(front.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(_front_display(front.table).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print("95% CI: Wilson score interval of the accuracy over its n examples (none where no count was recorded)")
+    if front.within_noise:
+        print(f"~ within noise ({len(front.within_noise)}): not on the front, but its clean and its robust interval "
+              "both overlap those of the front trial(s) named: the data cannot tell them apart")
     if front.has_static:
         print("robust_acc: targeted evaluation (a new attack on each model); static_robust_acc: the ADA victim's "
               "adversarial examples reused for every model (overstates robustness)")

@@ -10,24 +10,41 @@ setting.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, StrictInt, ValidationError, field_validator
 
-from distat.errors import ConfigError, format_validation_error
+from distat.data import CARVED, Carve, Dataset, list_splits, load_dataset
+from distat.errors import ConfigError, DataError, format_validation_error
 from distat.methods import MethodSettings, StandardSettings
 from distat.settings import Strict
 
 
 class DataConfig(Strict):
-    """Where the labelled splits come from and how they are tokenised."""
+    """Where the labelled splits come from and how they are tokenised.
+
+    Split names resolve in one place, :func:`resolve_split` (training, ADA and the attack side all use it):
+    ``dev_split: dev`` (the default) is the dataset's ``dev`` split, else its ``validation`` split, else a
+    dev split carved out of train (``carved``: ``carve_dev`` of the rows, stratified by label, drawn with
+    ``carve_seed``, removed from train), so a dataset shipped as train + test is tuned on training rows and
+    its test split is left to a test stage. ``dev_split: carved`` always carves; any other name must exist.
+    The effective names (:func:`resolve_data`) are what a trial records.
+    """
 
     path: str = "builtin:rotten_tomatoes"
     train_split: str = "train"
     dev_split: str = "dev"
-    test_split: str | None = None
+    test_split: str | None = None  # None: "test" when the dataset has one
+    # The carved dev split's size: a fraction of train (at most carve_dev_max rows) or a row count. 10% is the
+    # usual hold-out share; the cap of 1000 rows keeps a large train set's rows for training while still
+    # measuring clean accuracy within about ±3 points (Wilson 95%) and leaving ample rows to attack.
+    carve_dev: StrictInt | float = 0.1
+    carve_dev_max: int | None = Field(default=1000, ge=1)
+    # A data seed, not the trial's: every trial of a search (even one searching `seed`) tunes on the same rows.
+    carve_seed: int = 13
     text_fields: tuple[str, ...] | None = None
     max_train_examples: int | None = Field(default=None, gt=0)
     max_dev_examples: int | None = Field(default=None, gt=0)
@@ -35,6 +52,22 @@ class DataConfig(Strict):
     # extra training rows appended after sampling (JSONL: text_a, text_b, label), e.g. the adversarial
     # examples ADA picked for this trial; they are not counted by max_train_examples
     augment_file: str | None = None
+
+    @field_validator("carve_dev", mode="before")
+    @classmethod
+    def _carve_size(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("expected a fraction of train in (0, 1) or a row count")
+        if isinstance(v, float) and not 0 < v < 1:
+            raise ValueError(f"{v} is neither a fraction of train in (0, 1) nor a whole row count")
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"{v} rows: a carved dev split needs at least 1 row")
+        return v
+
+    def carve(self) -> Carve:
+        """How this config carves a dev split out of train (used when the dev split resolves to ``carved``)."""
+        cap = self.carve_dev_max if isinstance(self.carve_dev, float) else None
+        return Carve(source=self.train_split, size=self.carve_dev, seed=self.carve_seed, cap=cap)
 
 
 class ModelConfig(Strict):
@@ -161,3 +194,93 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
             raise ConfigError(f"override {key}: {part} is not a mapping")
         node = child
     node[parts[-1]] = value
+
+
+# --------------------------------------------------------------------------------------------------
+# Split names: the one place a logical split (train, dev, test) becomes a split of the data
+
+
+LOGICAL_SPLITS = ("train", "dev", "test")
+_DEV_FALLBACKS = ("dev", "validation")  # what `dev_split: dev` may find, in this order, before carving
+
+
+def _missing(dcfg: DataConfig, name: str, key: str, names: Sequence[str]) -> DataError:
+    return DataError(f"{dcfg.path} has no split {name!r} (data.{key}); its splits: {', '.join(names) or 'none'}")
+
+
+def _resolve(dcfg: DataConfig, logical: str, names: Sequence[str]) -> str:
+    if logical == "train":
+        if dcfg.train_split not in names:
+            raise _missing(dcfg, dcfg.train_split, "train_split", names)
+        return dcfg.train_split
+    if logical == "dev":
+        dev = dcfg.dev_split
+        if dev not in names and dev != CARVED:
+            if dev != "dev":
+                raise _missing(dcfg, dev, "dev_split", names)
+            dev = next((n for n in _DEV_FALLBACKS if n in names), CARVED)
+        if dev == CARVED and dcfg.train_split not in names:
+            raise DataError(f"{dcfg.path} has no dev split and no split {dcfg.train_split!r} (data.train_split) to "
+                            f"carve one from; its splits: {', '.join(names) or 'none'}")
+        if dev == dcfg.train_split:
+            raise DataError(f"data.dev_split and data.train_split are both {dev!r}: tuning on the training rows")
+        return dev
+    if logical == "test":
+        test = dcfg.test_split or "test"
+        if test not in names:
+            raise _missing(dcfg, test, "test_split", names)
+        return test
+    raise ValueError(f"not a logical split: {logical!r}")
+
+
+def resolve_split(dcfg: DataConfig, name: str, names: Sequence[str] | None = None) -> str:
+    """The split of ``dcfg``'s data that ``name`` means: a logical split (``train``, ``dev``, ``test``) as the
+    config maps it (``dev_split: test`` makes ``dev`` the test split; a dataset without a dev split gets
+    ``carved``), any other name as is if the data has it. ``names``: the data's splits, when already listed.
+    An unresolvable name is a one-line :class:`DataError` naming the data and the splits it has."""
+    names = list_splits(dcfg.path) if names is None else list(names)
+    if name in LOGICAL_SPLITS:
+        return _resolve(dcfg, name, names)
+    if name in names or (name == CARVED and _resolve(dcfg, "dev", names) == CARVED):
+        return name
+    raise DataError(f"{dcfg.path} has no split {name!r}; its splits: {', '.join(names) or 'none'}")
+
+
+def resolve_data(dcfg: DataConfig, names: Sequence[str] | None = None) -> DataConfig:
+    """The effective data settings: ``train_split`` and ``dev_split`` as the data has them (``dev_split``
+    ``carved`` when carved), ``test_split`` set when the data has one. Idempotent; what a trial records, so
+    its config says which rows it tuned on. Checks train and dev up front (one-line :class:`DataError`)."""
+    names = list_splits(dcfg.path) if names is None else list(names)
+    update = {"train_split": _resolve(dcfg, "train", names), "dev_split": _resolve(dcfg, "dev", names)}
+    if dcfg.test_split is not None or "test" in names:
+        update["test_split"] = _resolve(dcfg, "test", names)
+    return dcfg.model_copy(update=update)
+
+
+def load_data(dcfg: DataConfig, splits: Sequence[str] = ("train", "dev")) -> Dataset:
+    """The dataset holding ``splits`` (logical or literal names, see :func:`resolve_split`); read them with
+    ``ds.split(resolve_split(dcfg, name))``. When the dev split is carved, train is loaded without the carved
+    rows whether or not dev is asked for, and the fingerprint says so."""
+    names = list_splits(dcfg.path)
+    actual = [resolve_split(dcfg, s, names) for s in splits]
+    try:
+        carved = _resolve(dcfg, "dev", names) == CARVED
+    except DataError:  # a dev split that cannot resolve matters only when asked for (raised above then)
+        carved = False
+    carve = dcfg.carve() if carved and {dcfg.train_split, CARVED} & set(actual) else None
+    return load_dataset(dcfg.path, actual, text_fields=dcfg.text_fields, carve=carve)
+
+
+def describe_dev(dcfg: DataConfig) -> str:
+    """For a summary line: where the dev rows come from when that is not the data's own ``dev`` split (how
+    it is carved, or which split stands in); empty otherwise, and when the data cannot be listed (the
+    up-front check reports that)."""
+    try:
+        dev = _resolve(dcfg, "dev", list_splits(dcfg.path))
+    except DataError:
+        return ""
+    if dev == CARVED:
+        return f"dev {dcfg.carve().describe()}"
+    if dev == "dev":
+        return ""
+    return f"dev = split {dev!r}" + (" (the test split: tuning on it biases test numbers)" if dev == "test" else "")

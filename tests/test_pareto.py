@@ -1,5 +1,7 @@
 """The Pareto front of (clean_acc, robust_acc): non-dominated set and ties on hand-made points, hypervolume,
-the trial table and its CSV, the PNG plot, and the self-contained HTML plot rendered in headless Chromium."""
+the trial table and its CSV, the PNG plot, and the self-contained HTML plot rendered in headless Chromium; the
+noise-aware front: Wilson intervals from recorded counts, "within noise" marking, method names, the search
+summary's precision line and the printed front."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import pytest
 from distat.tracking.pareto import (
     DOMINATED_COLOR,
     FRONT_COLOR,
+    WITHIN_NOISE_COLOR,
+    Interval,
     TrialPoint,
     front_table,
     hypervolume,
@@ -24,11 +28,15 @@ from distat.tracking.pareto import (
     pareto_front,
     plot_html,
     plot_png,
+    within_noise,
     write_artifacts,
     write_front_csv,
 )
 
 XSS = "<script>alert(1)</script>"
+CORE = ["trial_id", "method", "clean_acc", "clean_acc_lo", "clean_acc_hi", "clean_acc_n", "robust_acc",
+        "robust_acc_lo", "robust_acc_hi", "robust_acc_n", "on_front", "within_noise", "within_noise_of", "diverged",
+        "infeasible"]
 
 
 def pts(*coords: tuple[float, float], **kwargs) -> list[TrialPoint]:
@@ -180,8 +188,8 @@ def table_points() -> list[TrialPoint]:
 
 def test_front_table_ordering_and_columns():
     table = front_table(table_points())
-    assert list(table.columns[:6]) == ["trial_id", "clean_acc", "robust_acc", "on_front", "diverged", "infeasible"]
-    assert list(table.columns[6:]) == [
+    assert list(table.columns[:len(CORE)]) == CORE
+    assert list(table.columns[len(CORE):]) == [
         "param.alpha", "param.k", "param.method", "param.opt.lr", "attack_success_rate"
     ]
     # front (c, f, a, b) by robust accuracy descending, then the rest (d, then the NaN diverged trial last)
@@ -207,8 +215,7 @@ def test_infeasible_points_leave_the_front_and_do_not_dominate():
 
 
 def test_front_table_empty_and_clashing_extra():
-    assert list(front_table([]).columns) == ["trial_id", "clean_acc", "robust_acc", "on_front", "diverged",
-                                            "infeasible"]
+    assert list(front_table([]).columns) == CORE
     with pytest.raises(ValueError, match="clean_acc"):
         front_table([TrialPoint("x", 0.5, 0.5, {}, extra={"clean_acc": 1.0})])
 
@@ -423,3 +430,218 @@ def test_chromium_hover_and_toggle(rendered, tmp_path):
     assert body["data-dominated-display"] == "none"
     assert body["data-front-fill"] == "rgb({}, {}, {})".format(*hex_rgb(FRONT_COLOR))
     assert body["data-dominated-fill"] == "rgb({}, {}, {})".format(*hex_rgb(DOMINATED_COLOR))
+
+
+# ------------------------------------------------------------------------------------ noise-aware fronts
+
+
+def ci(lo: float, hi: float, n: int = 100) -> Interval:
+    return Interval(lo, hi, n)
+
+
+def noisy_points() -> list[TrialPoint]:
+    """A front member, a trial within noise of it, a clearly dominated one, one overlapping in clean accuracy only,
+    one without intervals and an infeasible one with overlapping intervals."""
+    def point(tid: str, clean: float, robust: float, method: str, cci=None, rci=None, **kw) -> TrialPoint:
+        intervals = {k: v for k, v in (("clean_acc", cci), ("robust_acc", rci)) if v is not None}
+        return TrialPoint(tid, clean, robust, {"adv_lr": 0.01}, method=method, intervals=intervals, **kw)
+
+    return [
+        point("front", 0.80, 0.50, "adaptive_pgd", ci(0.75, 0.85), ci(0.40, 0.60)),
+        point("close", 0.78, 0.45, "pgd", ci(0.73, 0.83), ci(0.35, 0.55)),
+        point("far", 0.50, 0.10, "freelb", ci(0.45, 0.55), ci(0.05, 0.15)),
+        point("clean_only", 0.79, 0.20, "pgd", ci(0.74, 0.84), ci(0.15, 0.25)),
+        point("no_counts", 0.79, 0.49, "pgd"),
+        point("below_floor", 0.77, 0.48, "pgd", ci(0.72, 0.82), ci(0.38, 0.58), infeasible=True),
+    ]
+
+
+def test_within_noise_needs_both_intervals_to_overlap_a_front_member():
+    points = noisy_points()
+    assert non_dominated(points) == [True, False, False, False, False, False]
+    assert within_noise(points) == [(), ("front",), (), (), (), ()]
+    # touching intervals overlap (closed intervals); separated by a hair they do not
+    member = TrialPoint("m", 0.8, 0.5, intervals={"clean_acc": ci(0.7, 0.9), "robust_acc": ci(0.4, 0.6)})
+    touch = TrialPoint("t", 0.6, 0.3, intervals={"clean_acc": ci(0.5, 0.7), "robust_acc": ci(0.2, 0.4)})
+    apart = TrialPoint("a", 0.6, 0.3, intervals={"clean_acc": ci(0.5, 0.7), "robust_acc": ci(0.2, 0.3999)})
+    assert within_noise([member, touch, apart]) == [(), ("m",), ()]
+    # a front member without intervals makes nobody within noise of it
+    bare = TrialPoint("bare", 0.8, 0.5)
+    assert within_noise([bare, touch]) == [(), ()]
+
+
+def test_within_noise_in_csv_and_table(tmp_path):
+    table = front_table(noisy_points()).set_index("trial_id")
+    assert table.loc["close", "within_noise"] and table.loc["close", "within_noise_of"] == "front"
+    for tid in ("front", "far", "clean_only", "no_counts", "below_floor"):
+        assert not table.loc[tid, "within_noise"] and table.loc[tid, "within_noise_of"] == "", tid
+    back = pd.read_csv(write_front_csv(noisy_points(), tmp_path / "pareto.csv"), keep_default_na=False)
+    rows = back.set_index("trial_id")
+    assert rows.loc["close", "within_noise"] and not rows.loc["far", "within_noise"]
+    assert rows.loc["close", "within_noise_of"] == "front" and rows.loc["far", "within_noise_of"] == ""
+
+
+def test_interval_columns_from_recorded_counts(tmp_path):
+    from distat.attacks.metrics import wilson_interval
+    from distat.search.driver import _intervals
+
+    # 80 of 100 dev examples right; 4 of 16 attacked examples survived, 14 of 16 right before the attack
+    metrics = {"clean_acc": 0.8, "robust_acc": 0.25, "n": 16.0, "attack_clean_acc": 0.875}
+    intervals = _intervals(metrics, {"dev_n": 100.0})
+    assert set(intervals) == {"clean_acc", "robust_acc", "attack_clean_acc"}
+    assert (intervals["clean_acc"].lo, intervals["clean_acc"].hi) == wilson_interval(80, 100)
+    assert (intervals["robust_acc"].lo, intervals["robust_acc"].hi) == wilson_interval(4, 16)
+    assert intervals["robust_acc"].n == 16 and intervals["clean_acc"].n == 100
+    assert intervals["robust_acc"].lo == pytest.approx(0.1015, abs=1e-3)
+    assert intervals["robust_acc"].hi == pytest.approx(0.4950, abs=1e-3)
+    # a count that does not fit the accuracy, or none at all, gives no interval rather than a wrong one
+    assert set(_intervals({"clean_acc": 0.8, "robust_acc": 0.3, "n": 16.0}, {"dev_n": 100.0})) == {"clean_acc"}
+    assert _intervals({"clean_acc": 0.8, "robust_acc": 0.25}, {}) == {}
+
+    point = TrialPoint("t", 0.8, 0.25, method="pgd", intervals=intervals)
+    table = front_table([point])
+    row = table.iloc[0]
+    assert (row["clean_acc_lo"], row["clean_acc_hi"], row["clean_acc_n"]) == (*wilson_interval(80, 100), 100)
+    assert (row["robust_acc_lo"], row["robust_acc_hi"], row["robust_acc_n"]) == (*wilson_interval(4, 16), 16)
+    # an extra accuracy with a count gets its interval columns after the extras
+    assert list(table.columns[-3:]) == ["attack_clean_acc_lo", "attack_clean_acc_hi", "attack_clean_acc_n"]
+    text = write_front_csv([point], tmp_path / "pareto.csv").read_text("utf-8")
+    header, line = text.splitlines()
+    cells = dict(zip(header.split(","), line.split(","), strict=True))
+    assert cells["clean_acc_n"] == "100" and cells["robust_acc_n"] == "16"  # whole numbers, not 16.0
+    assert float(cells["robust_acc_lo"]) == pytest.approx(wilson_interval(4, 16)[0])
+    with pytest.raises(ValueError, match="lo <= hi"):
+        Interval(0.6, 0.4, 10)
+
+
+def write_trial(search_dir: Path, trial_id: str, params: dict, metrics: dict, train: dict) -> None:
+    from distat.search.state import TrialResult
+
+    folder = search_dir / "trials" / trial_id
+    folder.mkdir(parents=True)
+    TrialResult(trial_id=trial_id, params=params, metrics=metrics, train=train, train_wall=(0.0, 1.0),
+                placement={}).save(folder)
+
+
+def test_old_search_without_counts_renders_without_intervals(tmp_path):
+    from distat.search.driver import trial_points
+
+    search_dir = tmp_path / "search"
+    # before counts were recorded: no dev_n in the training metrics and no attacked n
+    write_trial(search_dir, "old", {"method": "adaptive_pgd"},
+                {"clean_acc": 0.8, "robust_acc": 0.25, "robust_acc_lo": 0.1, "robust_acc_hi": 0.49},
+                {"clean_acc": 0.8})
+    write_trial(search_dir, "new", {"method": "pgd"},
+                {"clean_acc": 0.7, "robust_acc": 0.5, "n": 16.0, "robust_acc_lo": 0.28, "robust_acc_hi": 0.72},
+                {"clean_acc": 0.7, "dev_n": 10.0})
+    points = {p.trial_id: p for p in trial_points(search_dir)}
+    assert points["old"].intervals == {} and points["old"].method == "adaptive_pgd"
+    assert set(points["new"].intervals) == {"clean_acc", "robust_acc"} and points["new"].method == "pgd"
+    assert "robust_acc_lo" not in points["old"].extra  # recorded bounds are not repeated as extras
+
+    paths = write_artifacts([points["old"]], tmp_path / "artifacts")
+    back = pd.read_csv(paths["csv"])
+    assert back[["clean_acc_lo", "clean_acc_hi", "clean_acc_n", "robust_acc_lo", "robust_acc_n"]].isna().all().all()
+    assert back.loc[0, "method"] == "adaptive_pgd"
+    text = paths["html"].read_text("utf-8")
+    dom = parse(text)
+    assert not dom.with_class("errorbar") and "Wilson" not in text
+    assert [a["data-clean-ci"] for a in dom.with_class("point")] == [""]
+
+
+def test_method_label_from_the_search_config(tmp_path):
+    from distat.search.driver import trial_points
+    from distat.search.space import parse_search_config
+
+    base = {
+        "name": "t", "seed": 3,
+        "trial": {"data": {"path": "builtin:rotten_tomatoes", "max_length": 32}, "model": {"backbone": "default"},
+                  "method": {"name": "adaptive", "base": "freelb"}, "train": {"epochs": 1, "batch_size": 8}},
+        "attack": {"recipe": "textfooler", "n": 16},
+        "search": {"num_samples": 2, "max_concurrent": 1},
+        "resources": {"num_workers": 1, "use_gpu": False, "cpus_per_worker": 1},
+        "params": {"adv_lr": {"loguniform": [0.01, 0.1]}},
+    }
+    scfg = parse_search_config(base)
+    search_dir = tmp_path / "search"
+    write_trial(search_dir, "t1", {"adv_lr": 0.05}, {"clean_acc": 0.7, "robust_acc": 0.5}, {})
+    # the method is not searched: the label comes from the trial config, not from the params
+    assert [p.method for p in trial_points(search_dir, None, scfg)] == ["adaptive_freelb"]
+    assert [p.method for p in trial_points(search_dir)] == [None]
+
+
+def test_method_names_in_csv_html_and_png(tmp_path):
+    from PIL import Image
+
+    points = noisy_points()
+    paths = write_artifacts(points, tmp_path)
+    methods = pd.read_csv(paths["csv"]).set_index("trial_id")["method"]
+    assert methods["front"] == "adaptive_pgd" and methods["far"] == "freelb"
+    text = paths["html"].read_text("utf-8")
+    dom = parse(text)
+    assert {a["data-trial"]: a["data-method"] for a in dom.with_class("point")}["front"] == "adaptive_pgd"
+    assert "<td>adaptive_pgd</td>" in text and "trial front (adaptive_pgd): front" in text
+    # the table: the front, then the trial within noise of it; the markers and error bars in the plot
+    assert [a["data-trial"] for a in dom.with_class("front-row", "tr")] == ["front"]
+    assert [a["data-trial"] for a in dom.with_class("noise-row", "tr")] == ["close"]
+    assert "within noise of front" in text
+    assert [a["data-trial"] for a in dom.with_class("within-noise", "circle")] == ["close"]
+    bars = dom.with_class("errorbar", "line")
+    assert {(a["data-trial"], a["data-axis"]) for a in bars} >= {("front", "clean"), ("front", "robust")}
+    assert all(a["data-trial"] != "no_counts" for a in bars)
+    assert "bars: 95% Wilson intervals" in text
+    with Image.open(paths["png"]) as image:
+        image.load()
+        assert count_near(image, WITHIN_NOISE_COLOR) > 10
+        assert count_near(image, FRONT_COLOR) > 30
+
+
+def test_search_summary_states_the_interval_width():
+    from distat.search.space import RESOLVE_HALF_WIDTH, describe, noise_lines, parse_search_config
+
+    small = noise_lines(16)
+    assert small[0] == ("precision: an accuracy over n = 16 attacked examples has a 95% interval of about ±0.220 "
+                        "(Wilson, at 0.5)")
+    assert small[1].startswith("warning: ±0.220 is wider than ±0.05: robust accuracies closer than about 0.44 "
+                               "cannot be told apart; attack.n >= ")
+    needed = int(small[1].rsplit(">= ", 1)[1].split()[0])
+    assert noise_lines(needed)[1:] == [] and noise_lines(needed - 1)[1:] != []  # the smallest n that does
+    assert noise_lines(500) == ["precision: an accuracy over n = 500 attacked examples has a 95% interval of "
+                                "about ±0.044 (Wilson, at 0.5)"]
+    assert RESOLVE_HALF_WIDTH == 0.05
+    cfg = {
+        "name": "t", "seed": 3,
+        "trial": {"data": {"path": "builtin:rotten_tomatoes", "max_length": 32}, "model": {"backbone": "default"},
+                  "method": {"name": "pgd"}, "train": {"epochs": 1, "batch_size": 8}},
+        "attack": {"recipe": "textfooler", "n": 16},
+        "search": {"num_samples": 2, "max_concurrent": 1},
+        "resources": {"num_workers": 1, "use_gpu": False, "cpus_per_worker": 1},
+        "params": {"adv_lr": {"loguniform": [0.01, 0.1]}},
+    }
+    lines = describe(parse_search_config(cfg)).splitlines()
+    attack = next(i for i, line in enumerate(lines) if line.startswith("attack:"))
+    assert lines[attack + 1:attack + 3] == small
+
+
+def test_printed_front_marks_noise_and_shows_intervals(capsys):
+    from distat.app.search import FrontSummary
+    from distat.cli import _print_front
+
+    summary = FrontSummary.of(noisy_points(), {}, "sqlite:///tmp/x.db")
+    assert summary.within_noise == ["close"]
+    assert list(summary.table["trial_id"]) == ["front", "close"]
+    _print_front(summary)
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    front = next(line for line in lines if " front " in f" {line} " and "adaptive_pgd" in line)
+    close = next(line for line in lines if "close" in line and "pgd" in line)
+    assert "[0.750, 0.850] n=100" in front and "[0.400, 0.600] n=100" in front
+    assert close.lstrip().startswith("~") and close.rstrip().endswith("front")
+    assert not front.lstrip().startswith("~")
+    assert "~ within noise (1)" in out and "Wilson" in out
+
+    bare = FrontSummary.of([TrialPoint("old", 0.8, 0.25, method="pgd")], {}, "sqlite:///tmp/x.db")
+    _print_front(bare)
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "old" in line)
+    assert row.split()[:6] == ["old", "pgd", "0.8000", "-", "0.2500", "-"] and "within noise" not in out

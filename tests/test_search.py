@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from distat.cli import main
 
@@ -71,13 +72,28 @@ def test_search_runs_trials_and_logs_parent_and_children(tmp_path, tiny_model_di
     parent = parents[0]
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
     assert {c.data.tags["distat.trial_id"] for c in children} == {f["trial_id"] for f in finals}
+    finals_by_id = {f["trial_id"]: f for f in finals}
     for c in children:
         assert "robust_acc" in c.data.metrics and "clean_acc" in c.data.metrics
         assert "method" in c.data.params and c.info.status == "FINISHED"
         history = client.get_metric_history(c.info.run_id, "train_loss")
         assert len(history) == 2  # one point per epoch
+        # the whole trial config, not only the searched params, and a name that reads without a lookup table
+        trial_id = c.data.tags["distat.trial_id"]
+        label = finals_by_id[trial_id]["params"]["method"]
+        assert c.info.run_name == f"{label} {trial_id}"
+        assert c.data.params["trial.method.name"] == ("adaptive" if label.startswith("adaptive") else label)
+        assert c.data.params["trial.train.epochs"] == "2" and c.data.params["trial.seed"]
+        assert c.data.params["trial.output_dir"].endswith(trial_id)
+        assert c.data.tags["distat.threat_spec_hash"] == finals_by_id[trial_id]["metrics"]["threat_spec_hash"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"pareto.csv", "pareto.png", "pareto.html"} <= artifacts
+    assert {"pareto.csv", "pareto.png", "pareto.html", "search_config.yaml"} <= artifacts
+    # the parent run: the validated search config (flattened and as YAML) and the package versions
+    assert parent.data.params["search.name"] == "tiny4" and parent.data.params["search.search.num_samples"] == "4"
+    assert parent.data.params["package.torch"].startswith("2.") and parent.data.params["package.distat"] != "-"
+    saved = yaml.safe_load(client.download_artifacts(parent.info.run_id, "search_config.yaml", str(tmp_path)) and
+                           (tmp_path / "search_config.yaml").read_text())
+    assert saved["name"] == "tiny4" and saved["params"]["method"]["choice"] == ["pgd", "adaptive_pgd"]
 
     # the front can be printed again from the results on disk
     assert main(["pareto", str(search_dir)]) == 0
@@ -114,6 +130,9 @@ def test_without_actors_each_trial_attacks_in_its_train_worker(tmp_path, tiny_mo
         again = robust_eval(scfg, ResourceRefs(cache_dir=str(resources.cache_dir())), checkpoint, tmp_path / trial_id)
         for key in ("robust_acc", "attack_success_rate", "attack_clean_acc", "avg_queries"):
             assert final["metrics"][key] == pytest.approx(again[key]), key
+        # the threat-model spec came back from the worker with the metrics (train_result.json), the same spec
+        spec_file = json.loads((trial_dir / "threat_spec.json").read_text())
+        assert final["metrics"]["threat_spec_hash"] == again["threat_spec_hash"] == spec_file["threat_spec_hash"]
         assert (trial_dir / "attack.csv").read_text() == (tmp_path / trial_id / "attack.csv").read_text()
 
 

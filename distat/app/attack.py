@@ -55,6 +55,21 @@ def _check(req: AttackRequest) -> None:
             raise DistatError(f"{flag} {target}: not a writable file path (a folder, or below a file)")
 
 
+def _data_config(req: AttackRequest) -> Any:
+    """The data settings ``--split`` resolves with: the model's own trial config when it was trained on
+    ``req.data`` (so ``dev`` is the dev split it was tuned on, carved the same way), else the defaults."""
+    from distat.config import DataConfig
+    from distat.training import checkpoint_config
+
+    try:
+        trained = checkpoint_config(Path(req.model)).data
+    except DistatError:  # a plain classifier folder (no distat_meta.json) or an unreadable one: the defaults
+        trained = None
+    same = trained is not None and (trained.path == req.data or (
+        Path(trained.path).expanduser().resolve() == Path(req.data).expanduser().resolve()))
+    return trained if same else DataConfig(path=req.data)
+
+
 def attack(req: AttackRequest, where: AttackResources | None = None, *, notify: Notify = _quiet,
            progress: Callable[[int, int], None] | None = None,
            on_examples: Callable[[int], None] | None = None) -> AttackOutcome:
@@ -66,14 +81,16 @@ def attack(req: AttackRequest, where: AttackResources | None = None, *, notify: 
     from distat.attacks.metrics import export_adversarial_tsv, write_records_csv
     from distat.attacks.recipes import AttackOptions
     from distat.attacks.runner import AttackJob
-    from distat.data import load_dataset
+    from distat.config import load_data, resolve_split
     from distat.models import load_classifier, load_tokenizer, pick_device, resolve_backbone
     from distat.search.cluster import ray_session
 
     _check(req)
     paths = (where or AttackResources.at()).require(req.recipe)
-    ds = load_dataset(req.data, splits=[req.split])
-    split = ds.split(req.split)
+    dcfg = _data_config(req)
+    split_name = resolve_split(dcfg, req.split)  # checked before any model loads
+    ds = load_data(dcfg, [req.split])
+    split = ds.split(split_name)
     model_dir = resolve_backbone(req.model)
     tokenizer = load_tokenizer(model_dir)
     model = load_classifier(model_dir, ds.num_labels).to(pick_device(req.device)).eval()
@@ -82,7 +99,8 @@ def attack(req: AttackRequest, where: AttackResources | None = None, *, notify: 
                             query_budget=req.query_budget, sim_threshold=req.sim_threshold)
     job = AttackJob(recipe=req.recipe, resources=paths, options=options, text_fields=ds.text_fields,
                     max_length=req.max_length, seed=req.seed)
-    notify(f"distat attack: {req.recipe} on {len(examples)} examples of {req.data}:{req.split}, "
+    shown = req.split if split_name == req.split else f"{req.split} = {split_name}"
+    notify(f"distat attack: {req.recipe} on {len(examples)} examples of {req.data}:{shown}, "
            f"{req.actors or 'no'} actor(s)")
     if on_examples is not None:
         on_examples(len(examples))

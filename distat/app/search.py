@@ -23,13 +23,17 @@ if TYPE_CHECKING:  # imported where used: `distat resources show` loads this mod
     from distat.search.space import SearchConfig
 
 _JOIN_GRACE_S = 30.0  # on an existing cluster, how long nodes may still be joining before "too few GPUs" is final
-_FRONT_COLUMNS = ("trial_id", "clean_acc", "robust_acc", "static_robust_acc", "ada_examples")
+_FRONT_COLUMNS = ("trial_id", "method", "clean_acc", "clean_acc_lo", "clean_acc_hi", "clean_acc_n", "robust_acc",
+                  "robust_acc_lo", "robust_acc_hi", "robust_acc_n", "within_noise_of", "static_robust_acc",
+                  "ada_examples")
 
 
 @dataclass
 class FrontSummary:
-    """The Pareto front of a search, ready to show: counts, hypervolume, who was left out and why, the
-    front's rows (a pandas DataFrame of the shown columns) and where its files are."""
+    """The Pareto front of a search, ready to show: counts, hypervolume, who was left out and why, the rows of
+    the front and of the trials within noise of it (a pandas DataFrame of the shown columns: the objectives
+    with their 95% intervals ``<objective>_lo/_hi/_n``, empty where no count was recorded; ``within_noise_of``
+    empty on front rows) and where its files are."""
 
     total: int
     on_front: int
@@ -40,6 +44,7 @@ class FrontSummary:
     has_static: bool
     files: dict[str, Path]
     tracking_uri: str  # credentials masked
+    within_noise: list[str] = field(default_factory=list)  # off the front, both intervals overlapping a member's
 
     @classmethod
     def of(cls, points: list[Any], files: dict[str, Path], tracking_uri: str) -> FrontSummary:
@@ -52,11 +57,13 @@ class FrontSummary:
             return cls(0, 0, 0.0, [], [], pd.DataFrame(), False, files, redact(tracking_uri))
         table = front_table(points)
         cols = [c for c in table.columns if c in _FRONT_COLUMNS or c.startswith("param.")]
+        shown = table["on_front"] | table["within_noise"]  # the front first (front_table's order)
         return cls(total=len(points), on_front=sum(non_dominated(points)), hypervolume=hypervolume(points),
                    below_floor=[p.trial_id for p in points if p.infeasible and not p.diverged],
                    diverged=[p.trial_id for p in points if p.diverged],
-                   table=table[table["on_front"]][cols], has_static="static_robust_acc" in table.columns,
-                   files=files, tracking_uri=redact(tracking_uri))
+                   table=table[shown][cols].reset_index(drop=True),
+                   has_static="static_robust_acc" in table.columns, files=files,
+                   tracking_uri=redact(tracking_uri), within_noise=list(table[table["within_noise"]]["trial_id"]))
 
 
 @dataclass
@@ -108,6 +115,15 @@ def _listeners(listener: Listener | None, total: int) -> list[Any]:
     return [progress_callback(total, listener)] if listener is not None else []
 
 
+def check_splits(config: SearchConfig) -> None:
+    """Before Ray starts: the trial's train and dev splits and the attacked split resolve for its data (a
+    one-line error naming the data and its splits otherwise), rather than every trial failing after training."""
+    from distat.config import resolve_data, resolve_split
+
+    data = config.base_trial().data
+    resolve_split(resolve_data(data), config.attack.split)
+
+
 def search(config: SearchConfig, *, storage: str | os.PathLike[str] = "runs/searches", tracking_uri: str | None = None,
            address: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
            resource_overrides: dict[str, str] | None = None, listener: Listener | None = None,
@@ -125,6 +141,7 @@ def search(config: SearchConfig, *, storage: str | os.PathLike[str] = "runs/sear
     where = AttackResources.at(cache_dir, resource_overrides)
     uri = tracking_uri or default_tracking_uri()
     where.require(config.attack.recipe)
+    check_splits(config)
     search_dir = root / config.name
     check_new_search(search_dir)
     check_reachable(uri)  # an unreachable server fails here, before Ray starts
@@ -159,6 +176,7 @@ def resume(search_dir: str | os.PathLike[str], *, address: str | None = None, tr
     uri = tracking_uri or state.tracking_uri
     cache_path = str(cache) if cache is not None else state.cache_dir
     AttackResources(Path(cache_path), state.resource_overrides).require(scfg.attack.recipe)
+    check_splits(scfg)
     check_reachable(uri)
     with _cluster_for(scfg, address):
         state.updated(tracking_uri=uri, cache_dir=cache_path)  # the trials and the MLflow callback read it
@@ -183,7 +201,7 @@ def pareto(search_dir: str | os.PathLike[str]) -> FrontSummary:
 
     folder = fs_path(search_dir, "search folder").resolve()
     state = SearchState.load(folder)
-    points = trial_points(folder, state.search.search.clean_acc_floor)
+    points = trial_points(folder, state.search.search.clean_acc_floor, state.search)
     if not points:
         raise DistatError(f"{folder}: no finished trial yet")
     return FrontSummary.of(points, write_artifacts(points, folder / PARETO_DIR), state.tracking_uri)

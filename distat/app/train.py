@@ -45,9 +45,11 @@ def train(cfg: TrialConfig, *, resume: bool = False, overwrite: bool = False,
           notify: Notify = _quiet) -> TrainOutcome:
     """Train ``cfg`` into ``cfg.output_dir``. ``resume``: continue from its newest checkpoint; an output folder
     holding checkpoints is refused unless ``resume`` or ``overwrite``. ``where``: the attack resources ADA uses."""
+    from distat.config import resolve_data
     from distat.training import check_resumable, latest_checkpoint, list_checkpoints, run_trial
 
     hooks = hooks or TrainHooks()
+    cfg = cfg.model_copy(update={"data": resolve_data(cfg.data)})  # split names checked before anything starts
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise DistatError(f"output_dir {out}: is a file, not a folder")

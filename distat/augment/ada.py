@@ -72,9 +72,12 @@ def victim_key(cfg: TrialConfig, ds: Dataset) -> str:
         ckpt = Path(aug.victim.checkpoint).resolve()
         files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in ckpt.iterdir() if p.is_file())
         return "victim-" + _digest({"checkpoint": str(ckpt), "files": files})
+    from distat.config import resolve_data
     from distat.models import resolve_backbone
 
-    vcfg = victim_config(cfg).model_dump(mode="json", exclude={"output_dir"})
+    victim = victim_config(cfg)
+    # the effective split names (a trial's config may hold them resolved or not: the same victim either way)
+    vcfg = victim.model_copy(update={"data": resolve_data(victim.data)}).model_dump(mode="json", exclude={"output_dir"})
     return "victim-" + _digest({"config": vcfg, "dataset": ds.fingerprint,
                                 "backbone": str(resolve_backbone(cfg.model.backbone))})
 

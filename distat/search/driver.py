@@ -57,6 +57,22 @@ def _searcher(scfg: SearchConfig, points_to_evaluate: list[dict[str, Any]] | Non
                           clean_acc_floor=scfg.search.clean_acc_floor, points_to_evaluate=points_to_evaluate)
 
 
+class TrialConfigOf:
+    """A trial's method label and whole config from its sampled params, for its MLflow child run (picklable:
+    Tune's snapshot pickles the callback that holds it)."""
+
+    def __init__(self, state: SearchState) -> None:
+        self.state = state
+
+    def __call__(self, params: dict[str, Any], trial_id: str) -> tuple[str, dict[str, Any]]:
+        from distat.search.space import apply_params, param_names
+
+        scfg = self.state.search
+        chosen = {k: params[k] for k in param_names(scfg) if k in params}
+        cfg = apply_params(scfg, chosen, str(self.state.trial_dir(trial_id)))
+        return cfg.method.label, cfg.model_dump(mode="json")
+
+
 def _run_config(state: SearchState, callbacks: Sequence[Any]) -> Any:
     from ray import tune
 
@@ -66,7 +82,9 @@ def _run_config(state: SearchState, callbacks: Sequence[Any]) -> Any:
     return tune.RunConfig(
         name=state.dir.name, storage_path=str(state.dir.parent.resolve()),
         callbacks=[MLflowTrialCallback(state.tracking_uri, state.search.name, state.dir,
-                                       uri_source=SavedTrackingUri(state.dir)),
+                                       uri_source=SavedTrackingUri(state.dir),
+                                       search_config=state.search.model_dump(mode="json"),
+                                       trial_config=TrialConfigOf(state)),
                    LeakSweeper(), *callbacks],
         failure_config=tune.FailureConfig(max_failures=1), verbose=0,
     )
@@ -199,22 +217,75 @@ def stopped_early(grid: Any, num_samples: int) -> bool:
 _EXTRA_PREFIXES = ("attack_", "perturbed", "avg_queries", "robust_acc_", "static_", "victim_", "ada_")
 
 
-def trial_points(search_dir: Path, clean_acc_floor: float | None = None) -> list[Any]:
+def trial_points(search_dir: Path, clean_acc_floor: float | None = None,
+                 scfg: SearchConfig | None = None) -> list[Any]:
     """One :class:`~distat.tracking.pareto.TrialPoint` per finished trial, read from the search directory
     (complete on disk whatever happened to the driver or the tracking server). Trials below
-    ``clean_acc_floor`` are marked infeasible (kept in the table, off the front)."""
+    ``clean_acc_floor`` are marked infeasible (kept in the table, off the front). Each point names its method
+    (from ``scfg`` when given, else from a searched ``method``) and carries the 95% Wilson interval of each
+    accuracy whose count the trial recorded (:func:`_intervals`)."""
+    from distat.tracking.pareto import OBJECTIVES as FRONT_OBJECTIVES
     from distat.tracking.pareto import TrialPoint
 
     points = []
     for result in finished_trials(search_dir).values():
         m = result.metrics
-        extra = {k: float(v) for k, v in m.items() if k.startswith(_EXTRA_PREFIXES) and isinstance(v, (int, float))}
+        intervals = _intervals(m, result.train)
+        # bounds recorded at attack time are columns of the intervals now (the objectives' always are)
+        covered = {f"{name}{end}" for name in {*intervals, *FRONT_OBJECTIVES} for end in ("_lo", "_hi")}
+        extra = {k: float(v) for k, v in m.items()
+                 if k.startswith(_EXTRA_PREFIXES) and isinstance(v, (int, float)) and k not in covered}
         points.append(TrialPoint(trial_id=result.trial_id, clean_acc=float(m.get("clean_acc", math.nan)),
                                  robust_acc=float(m.get("robust_acc", math.nan)), params=result.params,
                                  diverged=bool(m.get("diverged", 0.0)), extra=extra,
                                  infeasible=clean_acc_floor is not None
-                                 and not float(m.get("clean_acc", 0.0)) >= clean_acc_floor))
+                                 and not float(m.get("clean_acc", 0.0)) >= clean_acc_floor,
+                                 method=_method_label(scfg, result.params, search_dir / TRIALS_DIR / result.trial_id),
+                                 intervals=intervals))
     return points
+
+
+def _intervals(metrics: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+    """The Wilson 95% interval of each accuracy of a trial whose count is recorded: ``clean_acc`` over the dev
+    examples (``dev_n`` of the training metrics), ``robust_acc`` and ``attack_clean_acc`` over the attacked ones
+    (``n``). A count that is missing (a search from before counts were recorded, a diverged trial) or that does
+    not fit the accuracy (``acc * n`` not a whole number) gives no interval rather than a wrong one."""
+    from distat.attacks.metrics import wilson_interval
+    from distat.tracking.pareto import Interval
+
+    counts = {"clean_acc": train.get("dev_n"), "robust_acc": metrics.get("n"), "attack_clean_acc": metrics.get("n")}
+    out = {}
+    for name, n in counts.items():
+        acc = metrics.get(name)
+        if not isinstance(n, (int, float)) or not isinstance(acc, (int, float)) or isinstance(acc, bool):
+            continue
+        if not (math.isfinite(n) and n >= 1 and n == int(n) and math.isfinite(acc) and 0.0 <= acc <= 1.0):
+            continue
+        hits = acc * n
+        if abs(hits - round(hits)) > 1e-6 * max(n, 1.0):
+            log.debug("trial metric %s = %r is not a count out of %r: no interval", name, acc, n)
+            continue
+        lo, hi = wilson_interval(round(hits), int(n))
+        out[name] = Interval(lo, hi, int(n))
+    return out
+
+
+def _method_label(scfg: SearchConfig | None, params: dict[str, Any], trial_dir: Path) -> str | None:
+    """The label of a trial's AT method (``adaptive_pgd``): its whole config built from the search's, else a
+    searched ``method`` value as it was sampled; None when neither says."""
+    if scfg is not None:
+        from distat.search.space import apply_params, param_names
+
+        try:
+            return apply_params(scfg, {k: params[k] for k in param_names(scfg) if k in params}, str(trial_dir)).method.label
+        except DistatError as e:  # params of an older version of the space: fall back to what was sampled
+            log.debug("method of %s not rebuilt from its params: %s", trial_dir.name, first_line(e))
+    method = params.get("method")
+    if not isinstance(method, str):
+        return None
+    from distat.methods import label_of
+
+    return label_of({"name": method}) or method
 
 
 def finish_search(scfg: SearchConfig, search_dir: Path, tracking_uri: str) -> tuple[list[Any], dict[str, Path]]:
@@ -223,7 +294,7 @@ def finish_search(scfg: SearchConfig, search_dir: Path, tracking_uri: str) -> tu
     from distat.tracking.mlflow import Tracker, redact
     from distat.tracking.pareto import write_artifacts
 
-    points = trial_points(search_dir, scfg.search.clean_acc_floor)
+    points = trial_points(search_dir, scfg.search.clean_acc_floor, scfg)
     files = write_artifacts(points, search_dir / PARETO_DIR)
     try:
         tracker = Tracker(tracking_uri, scfg.name, search_dir)

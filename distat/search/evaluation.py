@@ -22,18 +22,21 @@ PROGRESS_FILE = "attack_progress.json"
 
 
 def robust_eval(scfg: SearchConfig, refs: ResourceRefs, checkpoint: Path, out: Path, *,
-                where: dict[str, Any] | None = None, device: Any = None, generator: Any = None) -> dict[str, float]:
+                where: dict[str, Any] | None = None, device: Any = None, generator: Any = None
+                ) -> dict[str, float | str]:
     """Robust metrics of ``checkpoint`` on the search's attacked dev subset; every attacked example goes to
     ``out/attack.csv``. With attack actors, ``out/attack_progress.json`` follows the evaluation (examples
     done, the actors' nodes and pids, actors replaced) and ``where`` receives the same at the end. Without
     actors the model is attacked in this process, on ``device`` (default CPU). ``generator`` (an
     :class:`distat.augment.ada.Generator`) is needed with ``attack.static``: the ADA victim's adversarial
-    examples of the same subset score the model too."""
+    examples of the same subset score the model too. The result carries ``threat_spec_hash``, the hash of the
+    attack's threat model, whose whole spec goes to ``out/threat_spec.json`` before the attack starts."""
     from distat.attacks.evaluate import robust_evaluate, select_examples
     from distat.attacks.metrics import summarize as summarize_records
     from distat.attacks.metrics import write_records_csv
     from distat.attacks.runner import AttackJob
-    from distat.data import load_dataset
+    from distat.attacks.spec import HASH_KEY, threat_model, write_spec
+    from distat.config import load_data, resolve_split
     from distat.models import load_classifier, load_tokenizer
     from distat.training import checkpoint_config
 
@@ -45,17 +48,19 @@ def robust_eval(scfg: SearchConfig, refs: ResourceRefs, checkpoint: Path, out: P
         from distat.training import load_splits
 
         ds_all, _, _ = load_splits(tcfg)  # the train/dev splits: the fingerprint the ADA victim's key uses
-    if ds_all is not None and att.split in ds_all.splits:
+    split = resolve_split(tcfg.data, att.split)  # what the trial's data config maps `dev` to (maybe carved)
+    if ds_all is not None and split in ds_all.splits:
         ds = ds_all  # read once
     else:
-        ds = load_dataset(tcfg.data.path, splits=[att.split], text_fields=tcfg.data.text_fields)
-    examples = select_examples(ds.split(att.split), att.n, seed=scfg.seed)
+        ds = load_data(tcfg.data, [att.split])
+    examples = select_examples(ds.split(split), att.n, seed=scfg.seed)
     model = load_classifier(checkpoint, ds.num_labels, tcfg.model.trust_remote_code).eval()
     if device is not None and att.actors == 0:
         model = model.to(device)
     tokenizer = load_tokenizer(checkpoint, tcfg.model.trust_remote_code)
     job = AttackJob(recipe=att.recipe, resources=refs.paths(), options=att.options.to_options(),
                     text_fields=ds.text_fields, max_length=tcfg.data.max_length, seed=scfg.seed)
+    spec_digest = write_spec(threat_model(job, examples, split=split, n=att.n, subset_seed=scfg.seed), out)
     log.info("robust evaluation set up in %.1f s", time.perf_counter() - t0)
     stats: dict[str, Any] = {}
 
@@ -68,7 +73,7 @@ def robust_eval(scfg: SearchConfig, refs: ResourceRefs, checkpoint: Path, out: P
     if where is not None:
         where.update(stats)
     write_records_csv(records, out / ATTACK_CSV)
-    robust = metrics.as_dict()
+    robust: dict[str, float | str] = {**metrics.as_dict(), HASH_KEY: spec_digest}
     if ds_all is not None:
         from distat.augment.ada import static_accuracy
 

@@ -56,7 +56,7 @@ from pydantic import (
 
 from distat import methods
 from distat.attacks.recipes import RECIPES, AttackOptions
-from distat.config import TrialConfig, read_yaml, set_dotted
+from distat.config import TrialConfig, describe_dev, read_yaml, set_dotted
 from distat.errors import ConfigError, KeyedError, first_problem, format_validation_error
 from distat.settings import Strict
 
@@ -916,6 +916,36 @@ def _build(values: dict[str, Any], base: dict[str, Any], output_dir: str) -> Tri
     return TrialConfig.model_validate(data)
 
 
+#: The widest 95% interval (half-width) on robust accuracy a search's summary accepts without a warning: AT methods
+#: differ by a few points of robust accuracy, so an interval of ±0.05 already blurs differences under 0.1.
+RESOLVE_HALF_WIDTH = 0.05
+
+
+def interval_half_width(n: int) -> float:
+    """Half the width of the Wilson 95% interval of an accuracy of 0.5 (its widest) over ``n`` examples."""
+    from distat.attacks.metrics import wilson_interval
+
+    lo, hi = wilson_interval(n // 2, n)
+    return (hi - lo) / 2
+
+
+def noise_lines(n: int, what: str = "attacked examples") -> list[str]:
+    """The summary's word on the precision ``n`` examples give an accuracy: the half-width of its 95% interval
+    and, when that is wider than :data:`RESOLVE_HALF_WIDTH`, a warning with the differences it cannot resolve
+    (two accuracies whose intervals overlap are "within noise" on the front: closer than about twice the
+    half-width) and the smallest ``n`` that would do."""
+    half = interval_half_width(n)
+    lines = [f"precision: an accuracy over n = {n} {what} has a 95% interval of about ±{half:.3f} (Wilson, at 0.5)"]
+    if half > RESOLVE_HALF_WIDTH:
+        lo, hi = n, 1 << 20
+        while lo < hi:  # the smallest n giving ±RESOLVE_HALF_WIDTH (the half-width falls as n grows)
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if interval_half_width(mid) <= RESOLVE_HALF_WIDTH else (mid + 1, hi)
+        lines.append(f"warning: ±{half:.3f} is wider than ±{RESOLVE_HALF_WIDTH:g}: robust accuracies closer than "
+                     f"about {2 * half:.2f} cannot be told apart; attack.n >= {lo} gives ±{RESOLVE_HALF_WIDTH:g}")
+    return lines
+
+
 def describe(cfg: SearchConfig) -> str:
     """A short human summary of a search, several lines."""
     t = cfg.base_trial()
@@ -923,7 +953,8 @@ def describe(cfg: SearchConfig) -> str:
     floor = f", infeasible below clean_acc {_fmt(s.clean_acc_floor)}" if s.clean_acc_floor is not None else ""
     limits = [f"{k} {v}" for k, v in (("train ≤", t.data.max_train_examples), ("dev ≤", t.data.max_dev_examples))
               if v is not None]
-    data = ", ".join([*limits, f"max_length {t.data.max_length}"])
+    dev = describe_dev(t.data)  # a carved or stand-in dev split, said before the search starts
+    data = ", ".join([*limits, f"max_length {t.data.max_length}", *([dev] if dev else [])])
     if a.actors:
         gpu = f" + {_fmt(a.gpus_per_actor)} GPU" if a.gpus_per_actor else ""
         where = f"{a.actors} actor(s) × {_fmt(a.cpus_per_actor)} CPU{gpu}"
@@ -940,6 +971,7 @@ def describe(cfg: SearchConfig) -> str:
         f"{t.train.epochs} epoch(s), batch {t.train.batch_size}, lr {_fmt(t.train.lr)}, seed {t.seed}",
         f"attack: {a.recipe} on {a.n} {a.split} examples, {where}"
         + (" (+ static evaluation on the ADA victim's examples)" if a.static else ""),
+        *noise_lines(a.n),
         *([f"ADA: {t.augment.recipe} examples of the training set, one pool for ratio "
            f"{_fmt(t.augment.effective_pool_ratio)} shared by all trials"] if t.augment else []),
         f"resources per trial: {r.num_workers} worker(s) × {_fmt(r.cpus_per_worker)} CPU{gpu}",

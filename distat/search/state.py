@@ -150,7 +150,7 @@ class TrainResult(_Record):
     checkpoint: str | None
     resumed_from_epoch: int
     workers: list[WorkerStart]
-    robust: dict[str, float] | None = None
+    robust: dict[str, float | str] | None = None  # robust metrics and their threat_spec_hash
     attack_s: float | None = None
     attack_where: dict[str, Any] | None = None
 

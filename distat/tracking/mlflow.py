@@ -29,7 +29,11 @@ log = logging.getLogger(__name__)
 TAG_SEARCH = "distat.search_dir"
 TAG_TRIAL = "distat.trial_id"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_SPEC = "distat.threat_spec_hash"  # the hash of the attack settings behind a run's robust metrics
 _SKIP_PARAMS = {"__distat__"}
+_PARAMS_PER_BATCH = 100  # MLflow's limit of params in one log_batch call
+# the packages whose versions shape a trained model or a robust-accuracy number
+_PACKAGES = ("distat", "torch", "transformers", "textattack", "ray", "optuna", "mlflow", "numpy")
 # Tune's own bookkeeping fields in every result: not metrics of the trial
 _TUNE_BOOKKEEPING = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid",
                      "time_since_restore", "iterations_since_restore", "done", "date", "hostname", "node_ip"}
@@ -86,6 +90,19 @@ def safe_params(params: dict[str, Any], limit: int = 500) -> dict[str, str]:
     return out
 
 
+def package_versions() -> dict[str, str]:
+    """``{package: version}`` of :data:`_PACKAGES` as installed (``-`` for one that is not)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "-"
+    return out
+
+
 def default_tracking_uri(workdir: Path | None = None) -> str:
     return f"sqlite:///{(workdir or Path.cwd()).resolve() / 'mlflow.db'}"
 
@@ -139,8 +156,22 @@ class Tracker:
 
         existing = set(self.client.get_run(run_id).data.params)
         safe = [Param(k, v) for k, v in sorted(safe_params(params).items()) if k not in existing]
-        if safe:
-            self.client.log_batch(run_id, params=safe)
+        for start in range(0, len(safe), _PARAMS_PER_BATCH):  # MLflow refuses larger batches
+            self.client.log_batch(run_id, params=safe[start:start + _PARAMS_PER_BATCH])
+
+    def describe_search(self, config: dict[str, Any]) -> None:
+        """The parent run's record of the whole search: the validated config (flattened params under ``search.``
+        and ``search_config.yaml``), the versions of the packages that shape a result, as params."""
+        import yaml
+
+        self.log_params(self.parent_id, {"search": config, "package": package_versions()})
+        self.client.log_text(self.parent_id, yaml.safe_dump(config, sort_keys=False), "search_config.yaml")
+
+    def describe_trial(self, run_id: str, config: dict[str, Any], name: str) -> None:
+        """A child run's record of its trial: the whole trial config (params under ``trial.``, beside the
+        searched ones) and a readable run name (``<method> <trial id>``)."""
+        self.log_params(run_id, {"trial": config})
+        self.client.set_tag(run_id, "mlflow.runName", name)
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int, timestamp_ms: int | None = None) -> None:
         """Log numeric, finite ``metrics`` at ``step``, stamped ``timestamp_ms`` (default: now)."""
@@ -228,8 +259,13 @@ class MLflowTrialCallback(Callback):
     retry_s = 10.0
 
     def __init__(self, tracking_uri: str, experiment: str, search_dir: Path,
-                 uri_source: Callable[[], str | None] | None = None) -> None:
+                 uri_source: Callable[[], str | None] | None = None, search_config: dict[str, Any] | None = None,
+                 trial_config: Callable[[dict[str, Any], str], tuple[str, dict[str, Any]]] | None = None) -> None:
         self._args = (tracking_uri, experiment, search_dir)
+        # the parent run records the whole search; trial_config(params, trial_id) gives a trial's method label and
+        # whole config (picklable: Tune's snapshot pickles this callback)
+        self._search_config = search_config
+        self._trial_config = trial_config
         # a picklable callable whose answer wins: the URI saved now (distat resume --tracking-uri)
         self._uri_source = uri_source
         self._tracker: Tracker | None = None
@@ -249,7 +285,11 @@ class MLflowTrialCallback(Callback):
     @property
     def tracker(self) -> Tracker:
         if self._tracker is None:
-            self._tracker = Tracker(self.tracking_uri, *self._args[1:])
+            tracker = Tracker(self.tracking_uri, *self._args[1:])
+            config = getattr(self, "_search_config", None)  # snapshots pickled before it existed lack it
+            if config is not None:
+                tracker.describe_search(config)
+            self._tracker = tracker
         return self._tracker
 
     def _run(self, trial: Any) -> str:
@@ -259,7 +299,22 @@ class MLflowTrialCallback(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         config = dict(trial.config)
-        self._submit(trial.trial_id, lambda: self.tracker.log_params(self._run(trial), config))
+        builder = getattr(self, "_trial_config", None)
+        whole = None
+        if builder is not None:
+            try:
+                whole = builder(config, trial.trial_id)
+            except Exception as e:  # noqa: BLE001 - the trial itself reports a bad config; the record is best effort
+                log.warning("no whole trial config for MLflow run of trial %s: %s", trial.trial_id, first_line(e, 200))
+
+        def record() -> None:
+            run = self._run(trial)
+            self.tracker.log_params(run, config)
+            if whole is not None:
+                label, trial_cfg = whole
+                self.tracker.describe_trial(run, trial_cfg, f"{label} {trial.trial_id}")
+
+        self._submit(trial.trial_id, record)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         import time
@@ -268,6 +323,9 @@ class MLflowTrialCallback(Callback):
         metrics = {k: v for k, v in result.items() if k not in _TUNE_BOOKKEEPING}
         stamp = int(time.time() * 1000)  # when it happened, even if sent later
         self._submit(trial.trial_id, lambda: self.tracker.log_metrics(self._run(trial), metrics, step, stamp))
+        spec = result.get(TAG_SPEC.removeprefix("distat."))
+        if isinstance(spec, str):  # the threat model the robust numbers were measured under (a string: a tag)
+            self._submit(trial.trial_id, lambda: self.tracker.client.set_tag(self._run(trial), TAG_SPEC, spec))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._submit(trial.trial_id, lambda: self.tracker.finish(self._run(trial), "FINISHED"))

@@ -13,11 +13,22 @@ Consequences worth stating:
   majority class looks "robust" (its few correct answers are hard to flip) and would otherwise sit on the
   front.
 
+Accuracies are measured on finite samples (a few hundred dev examples, often a few dozen attacked ones), so a
+point may carry a 95% :class:`Interval` (Wilson score, computed by the caller from the counts behind the
+accuracy: :func:`distat.attacks.metrics.wilson_interval`) for each accuracy, keyed by metric name. A point off the
+front is **within noise** of a front member when it has both objectives' intervals, so does the member, and its
+clean interval overlaps the member's clean interval *and* its robust interval overlaps the member's robust
+interval (closed intervals: touching counts). Such a trial is not shown as plainly dominated: the data cannot
+tell it apart from that front member (:func:`within_noise`). A point without a count has no interval and is
+never within noise: no interval is shown rather than a wrong one. Points name their AT method (``method``, the
+label, e.g. ``adaptive_pgd``) next to the trial id in every artifact.
+
 Artifacts for the parent run of a search (:func:`write_artifacts`): ``pareto.csv`` (:func:`front_table`, one
 row per trial), ``pareto.png`` (matplotlib, Agg canvas, no pyplot global state) and ``pareto.html``: one
 self-contained file (inline SVG, a little vanilla JavaScript, no external resource) whose points sit at their
-objectives, front points coloured and joined by the staircase of the dominated region, dominated points grey,
-and a table of the front below. The SVG is complete without JavaScript (native ``<title>`` tooltips), so it
+objectives with their intervals as error bars, front points coloured and joined by the staircase of the
+dominated region, within-noise points orange, dominated points grey, and a table of the front (and the trials
+within noise of it) below. The SVG is complete without JavaScript (native ``<title>`` tooltips), so it
 still reads in viewers that sandbox scripts; the script adds a richer hover tooltip, row/point highlighting
 and a switch to hide dominated trials, and marks the root element ``data-pareto-ready="1"`` once it has run.
 """
@@ -41,6 +52,8 @@ __all__ = [
     "DIVERGED_COLOR",
     "DOMINATED_COLOR",
     "FRONT_COLOR",
+    "WITHIN_NOISE_COLOR",
+    "Interval",
     "TrialPoint",
     "front_table",
     "hypervolume",
@@ -49,19 +62,51 @@ __all__ = [
     "plot_html",
     "plot_png",
     "write_artifacts",
+    "within_noise",
     "write_front_csv",
 ]
 
 FRONT_COLOR = "#1f77b4"
 DOMINATED_COLOR = "#b3b3b3"
 DIVERGED_COLOR = "#7f7f7f"
+WITHIN_NOISE_COLOR = "#ff7f0e"
 DEFAULT_TITLE = "Pareto front: clean vs robust accuracy"
-_CORE_COLUMNS = ("trial_id", "clean_acc", "robust_acc", "on_front", "diverged", "infeasible")
+OBJECTIVES = ("clean_acc", "robust_acc")
+_CI_SUFFIXES = ("_lo", "_hi", "_n")
+_CORE_COLUMNS = (
+    "trial_id", "method",
+    *(f"{name}{suffix}" for name in OBJECTIVES for suffix in ("", *_CI_SUFFIXES)),
+    "on_front", "within_noise", "within_noise_of", "diverged", "infeasible",
+)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A 95% interval ``[lo, hi]`` of an accuracy and ``n``, the number of examples it was measured on."""
+
+    lo: float
+    hi: float
+    n: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lo", float(self.lo))
+        object.__setattr__(self, "hi", float(self.hi))
+        if isinstance(self.n, bool) or int(self.n) != self.n:
+            raise ValueError(f"Interval: n must be a whole number, got {self.n!r}")
+        object.__setattr__(self, "n", int(self.n))
+        if not 0.0 <= self.lo <= self.hi <= 1.0 or self.n < 0:
+            raise ValueError(f"Interval: need 0 <= lo <= hi <= 1 and n >= 0, got [{self.lo}, {self.hi}], n {self.n}")
+
+    def overlaps(self, other: Interval) -> bool:
+        """Whether the two closed intervals share a point."""
+        return self.lo <= other.hi and other.lo <= self.hi
 
 
 @dataclass(frozen=True)
 class TrialPoint:
-    """One finished (or diverged) trial: its two objectives, the searched values and extra metrics."""
+    """One finished (or diverged) trial: its two objectives, the searched values and extra metrics, its AT
+    method's label (None when unknown) and the 95% interval of each accuracy whose count is known, by metric
+    name (``clean_acc``, ``robust_acc`` or an extra's name)."""
 
     trial_id: str
     clean_acc: float
@@ -70,10 +115,13 @@ class TrialPoint:
     diverged: bool = False
     extra: dict[str, float] = field(default_factory=dict)
     infeasible: bool = False  # below the search's clean-accuracy floor
+    method: str | None = None
+    intervals: dict[str, Interval] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # objectives arrive from metric dicts (numpy scalars, None for a trial that never reported)
         object.__setattr__(self, "trial_id", str(self.trial_id))
+        object.__setattr__(self, "method", None if self.method is None else str(self.method))
         object.__setattr__(self, "clean_acc", _as_float(self.clean_acc))
         object.__setattr__(self, "robust_acc", _as_float(self.robust_acc))
         object.__setattr__(self, "diverged", bool(self.diverged))
@@ -88,6 +136,11 @@ class TrialPoint:
     def plottable(self) -> bool:
         """Whether the point has a position (both objectives finite), diverged or not."""
         return math.isfinite(self.clean_acc) and math.isfinite(self.robust_acc)
+
+    @property
+    def label(self) -> str:
+        """The trial id with its method, as every artifact names the point: ``3f2a9c1e (adaptive_pgd)``."""
+        return f"{self.trial_id} ({self.method})" if self.method else self.trial_id
 
 
 def _as_float(value: Any) -> float:
@@ -122,6 +175,28 @@ def non_dominated(points: Sequence[TrialPoint]) -> list[bool]:
     return on_front
 
 
+def within_noise(points: Sequence[TrialPoint]) -> list[tuple[str, ...]]:
+    """For each point, in input order, the ids of the front members it is *within noise* of (module docstring):
+    it is valid and off the front, and both its clean and its robust interval overlap that member's. Empty for
+    front points, for invalid ones and for any point (or member) lacking either objective's interval."""
+    flags = non_dominated(points)
+    front = [p for p, keep in zip(points, flags, strict=True) if keep and _has_objective_intervals(p)]
+    out: list[tuple[str, ...]] = []
+    for point, on_front in zip(points, flags, strict=True):
+        if on_front or not point.valid or not _has_objective_intervals(point):
+            out.append(())
+            continue
+        out.append(tuple(
+            f.trial_id for f in front
+            if all(point.intervals[name].overlaps(f.intervals[name]) for name in OBJECTIVES)
+        ))
+    return out
+
+
+def _has_objective_intervals(point: TrialPoint) -> bool:
+    return all(name in point.intervals for name in OBJECTIVES)
+
+
 def pareto_front(points: Sequence[TrialPoint]) -> list[TrialPoint]:
     """The points on the front, by clean accuracy descending (robust accuracy ascending), ties by trial id."""
     front = [p for p, keep in zip(points, non_dominated(points), strict=True) if keep]
@@ -149,21 +224,28 @@ def hypervolume(points: Sequence[TrialPoint], reference: tuple[float, float] = (
 
 
 def front_table(points: Sequence[TrialPoint]) -> pd.DataFrame:
-    """One row per trial: ``trial_id, clean_acc, robust_acc, on_front, diverged``, then the searched values
-    as ``param.<name>`` columns (nested dicts flattened with dots, missing values empty), then the extras
-    under their own names. Rows: the front first, then by robust accuracy descending (NaN last), clean
-    accuracy descending, trial id.
+    """One row per trial: ``trial_id, method``, each objective with its interval (``clean_acc, clean_acc_lo,
+    clean_acc_hi, clean_acc_n``, the same for ``robust_acc``; empty without a count), ``on_front,
+    within_noise, within_noise_of`` (the front members' ids, space-separated), ``diverged, infeasible``, then the
+    searched values as ``param.<name>`` columns (nested dicts flattened with dots, missing values empty), then
+    the extras under their own names, then the intervals of extras (``<name>_lo, _hi, _n``). Rows: the front
+    first, then by robust accuracy descending (NaN last), clean accuracy descending, trial id.
     """
     flags = non_dominated(points)
+    noise = within_noise(points)
     rows: list[dict[str, Any]] = []
     param_columns: dict[str, None] = {}
     extra_columns: dict[str, None] = {}
-    for point, on_front in zip(points, flags, strict=True):
+    interval_columns: dict[str, None] = {}
+    for point, on_front, peers in zip(points, flags, noise, strict=True):
         row: dict[str, Any] = {
             "trial_id": point.trial_id,
+            "method": point.method,
             "clean_acc": point.clean_acc,
             "robust_acc": point.robust_acc,
             "on_front": on_front,
+            "within_noise": bool(peers),
+            "within_noise_of": " ".join(peers),
             "diverged": point.diverged,
             "infeasible": point.infeasible,
         }
@@ -177,9 +259,22 @@ def front_table(points: Sequence[TrialPoint]) -> pd.DataFrame:
         extra_columns.update(dict.fromkeys(point.extra))
         row.update(flat)
         row.update(point.extra)
+        for name, ci in point.intervals.items():
+            cells = dict(zip((f"{name}{s}" for s in _CI_SUFFIXES), (ci.lo, ci.hi, ci.n), strict=True))
+            clash = [c for c in cells if name not in OBJECTIVES and (c in _CORE_COLUMNS or c in point.extra)]
+            if clash:
+                raise ValueError(f"interval column {clash[0]!r} of trial {point.trial_id!r} clashes with a column name")
+            if name not in OBJECTIVES:
+                interval_columns.update(dict.fromkeys(cells))
+            row.update(cells)
         rows.append(row)
-    columns = [*_CORE_COLUMNS, *sorted(param_columns), *sorted(extra_columns)]
+    # each extra's interval columns together, in the order lo, hi, n
+    by_metric = sorted(interval_columns, key=lambda c: (c.rsplit("_", 1)[0], _CI_SUFFIXES.index(f"_{c.rsplit('_', 1)[1]}")))
+    columns = [*_CORE_COLUMNS, *sorted(param_columns), *sorted(extra_columns), *by_metric]
     table = pd.DataFrame(rows, columns=columns)
+    for column in columns:
+        if column.endswith("_n") and f"{column.removesuffix('_n')}_lo" in columns:
+            table[column] = table[column].astype("Int64")  # a count stays a whole number; missing stays empty
     if table.empty:
         return table
     table = table.sort_values(
@@ -211,17 +306,36 @@ def _staircase(front: Sequence[TrialPoint]) -> list[tuple[float, float]]:
     return vertices
 
 
+def _error_bars(ax: Any, points: Sequence[TrialPoint], color: str, zorder: int) -> None:
+    """Each point's 95% intervals as error bars (a missing interval: no bar on that axis)."""
+    def spans(name: str, value: float, point: TrialPoint) -> tuple[float, float]:
+        ci = point.intervals.get(name)
+        return (0.0, 0.0) if ci is None else (max(value - ci.lo, 0.0), max(ci.hi - value, 0.0))
+
+    with_bars = [p for p in points if any(name in p.intervals for name in OBJECTIVES)]
+    if not with_bars:
+        return
+    xerr = list(zip(*(spans("clean_acc", p.clean_acc, p) for p in with_bars), strict=True))
+    yerr = list(zip(*(spans("robust_acc", p.robust_acc, p) for p in with_bars), strict=True))
+    ax.errorbar([p.clean_acc for p in with_bars], [p.robust_acc for p in with_bars], xerr=xerr, yerr=yerr,
+                fmt="none", ecolor=color, elinewidth=0.9, capsize=2.0, alpha=0.7, zorder=zorder)
+
+
 def plot_png(points: Sequence[TrialPoint], path: str | Path, title: str = DEFAULT_TITLE) -> Path:
-    """A PNG scatter of all trials: the front coloured and joined by its staircase, dominated trials grey,
-    diverged trials (where they have objectives) marked ×. Uses the Agg canvas directly (no pyplot)."""
+    """A PNG scatter of all trials with their 95% intervals as error bars: the front coloured and joined by its
+    staircase, trials within noise of the front orange, dominated trials grey, diverged trials (where they have
+    objectives) marked ×; front and within-noise points labelled ``trial (method)`` (up to 15 of each). Uses the
+    Agg canvas directly (no pyplot)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     flags = non_dominated(points)
+    noisy = [bool(peers) for peers in within_noise(points)]
     front = [p for p, keep in zip(points, flags, strict=True) if keep]
-    dominated = [p for p, keep in zip(points, flags, strict=True) if not keep and p.valid]
+    near = [p for p, keep in zip(points, noisy, strict=True) if keep]
+    dominated = [p for p, keep, n in zip(points, flags, noisy, strict=True) if not keep and not n and p.valid]
     diverged = [p for p in points if p.diverged and p.plottable]
     infeasible = [p for p in points if p.infeasible and not p.diverged and p.plottable]
     unplotted = sum(not p.plottable for p in points)
@@ -229,9 +343,19 @@ def plot_png(points: Sequence[TrialPoint], path: str | Path, title: str = DEFAUL
     fig = Figure(figsize=(7.0, 5.0), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
+    _error_bars(ax, [*dominated, *infeasible, *diverged], DOMINATED_COLOR, zorder=1)
+    _error_bars(ax, near, WITHIN_NOISE_COLOR, zorder=1)
+    _error_bars(ax, front, FRONT_COLOR, zorder=1)
     if dominated:
         ax.scatter([p.clean_acc for p in dominated], [p.robust_acc for p in dominated], s=28,
                    color=DOMINATED_COLOR, label=f"dominated ({len(dominated)})", zorder=2)
+    if near:
+        ax.scatter([p.clean_acc for p in near], [p.robust_acc for p in near], s=36, color=WITHIN_NOISE_COLOR,
+                   edgecolors="white", linewidths=0.6, label=f"within noise of the front ({len(near)})", zorder=3)
+        if len(near) <= 15:
+            for p in near:
+                ax.annotate(p.label, (p.clean_acc, p.robust_acc), textcoords="offset points",
+                            xytext=(5, -9), fontsize=7, color=WITHIN_NOISE_COLOR)
     if infeasible:
         ax.scatter([p.clean_acc for p in infeasible], [p.robust_acc for p in infeasible], s=28,
                    facecolors="none", edgecolors=DOMINATED_COLOR, label=f"below clean-acc floor ({len(infeasible)})",
@@ -246,16 +370,19 @@ def plot_png(points: Sequence[TrialPoint], path: str | Path, title: str = DEFAUL
                    edgecolors="white", linewidths=0.8, label=f"Pareto front ({len(front)})", zorder=4)
         if len(front) <= 15:
             for p in front:
-                ax.annotate(p.trial_id, (p.clean_acc, p.robust_acc), textcoords="offset points",
+                ax.annotate(p.label, (p.clean_acc, p.robust_acc), textcoords="offset points",
                             xytext=(5, 4), fontsize=7, color=FRONT_COLOR)
     ax.set_xlabel("clean accuracy")
     ax.set_ylabel("robust accuracy")
     ax.set_title(title)
     ax.grid(True, color="#e6e6e6", linewidth=0.8, zorder=0)
+    if any(p.intervals for p in points):
+        ax.text(0.99, 0.01, "bars: 95% Wilson intervals", transform=ax.transAxes, ha="right", fontsize=7,
+                color=DIVERGED_COLOR)
     if unplotted:
         ax.text(0.01, 0.01, f"{unplotted} trial(s) without finite objectives not shown",
                 transform=ax.transAxes, fontsize=7, color=DIVERGED_COLOR)
-    if front or dominated or diverged or infeasible:
+    if front or near or dominated or diverged or infeasible:
         ax.legend(loc="best", fontsize=8, frameon=False)
     else:
         ax.text(0.5, 0.5, "no trial to show", transform=ax.transAxes, ha="center", va="center")
@@ -289,6 +416,11 @@ def _fmt(value: float) -> str:
     return "NaN" if math.isnan(value) else f"{value:.4f}"
 
 
+def _ci_text(ci: Interval | None) -> str:
+    """An interval for display, ``[0.7912, 0.8451] (n = 872)``; empty without one."""
+    return "" if ci is None else f"[{ci.lo:.4f}, {ci.hi:.4f}] (n = {ci.n})"
+
+
 def _param_text(value: Any) -> str:
     """A parameter value for display: strings as they are, floats to 6 significant digits, else JSON."""
     if isinstance(value, str):
@@ -305,7 +437,7 @@ def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-_CSS = """
+_CSS = ("""
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 16px; color: #222; }
 h1 { font-size: 18px; margin: 0 0 4px 0; }
 p.summary { margin: 0 0 8px 0; color: #555; font-size: 13px; }
@@ -318,10 +450,16 @@ p.summary { margin: 0 0 8px 0; color: #555; font-size: 13px; }
 .point { cursor: pointer; }
 circle.front { fill: FRONT; stroke: #fff; stroke-width: 1; }
 circle.dominated { fill: DOMINATED; stroke: none; }
+circle.within-noise { fill: NOISE; stroke: #fff; stroke-width: 1; }
+.errorbar { stroke-width: 1; opacity: 0.7; }
+.errorbar.front { stroke: FRONT; }
+.errorbar.within-noise { stroke: NOISE; }
+.errorbar.dominated, .errorbar.infeasible, .errorbar.diverged { stroke: DOMINATED; }
 circle.infeasible { fill: none; stroke: DOMINATED; stroke-width: 1.5; }
 path.diverged { stroke: DIVERGED; stroke-width: 2; fill: none; }
 .point.highlight { stroke: #000; stroke-width: 2.5; }
 svg.hide-dominated .dominated, svg.hide-dominated .diverged, svg.hide-dominated .infeasible { display: none; }
+table.front-table tr.noise-row td { color: #8a4a00; }
 #pareto-tooltip { position: fixed; display: none; pointer-events: none; background: rgba(255,255,255,0.97);
   border: 1px solid #999; border-radius: 4px; padding: 6px 8px; font-size: 12px; max-width: 360px;
   box-shadow: 0 2px 6px rgba(0,0,0,0.15); white-space: pre-wrap; word-break: break-word; }
@@ -331,6 +469,7 @@ table.front-table th { background: #f4f4f4; }
 table.front-table tr.highlight td { background: #e8f1fa; }
 label.toggle { font-size: 13px; }
 """.replace("FRONT", FRONT_COLOR).replace("DOMINATED", DOMINATED_COLOR).replace("DIVERGED", DIVERGED_COLOR)
+    .replace("NOISE", WITHIN_NOISE_COLOR))
 
 # Data reach the script only through data-* attributes (escaped) and leave it only through textContent, so no
 # trial id or parameter value is ever parsed as markup or code.
@@ -341,13 +480,15 @@ _JS = """
   var tip = document.getElementById("pareto-tooltip");
   var toggle = document.getElementById("show-dominated");
   var rows = {};
-  Array.prototype.forEach.call(document.querySelectorAll("tr.front-row"), function (row) {
+  Array.prototype.forEach.call(document.querySelectorAll("tr.front-row, tr.noise-row"), function (row) {
     rows[row.getAttribute("data-trial")] = row;
   });
   function describe(el) {
-    var lines = ["trial " + el.getAttribute("data-trial"),
-                 "clean accuracy: " + el.getAttribute("data-clean"),
-                 "robust accuracy: " + el.getAttribute("data-robust"),
+    var method = el.getAttribute("data-method");
+    var cleanCi = el.getAttribute("data-clean-ci"), robustCi = el.getAttribute("data-robust-ci");
+    var lines = ["trial " + el.getAttribute("data-trial") + (method ? " (" + method + ")" : ""),
+                 "clean accuracy: " + el.getAttribute("data-clean") + (cleanCi ? " " + cleanCi : ""),
+                 "robust accuracy: " + el.getAttribute("data-robust") + (robustCi ? " " + robustCi : ""),
                  "status: " + el.getAttribute("data-status")];
     var params = {};
     try { params = JSON.parse(el.getAttribute("data-params") || "{}"); } catch (e) { params = {}; }
@@ -385,10 +526,21 @@ _JS = """
 """
 
 
+def _status(point: TrialPoint, on_front: bool, peers: Sequence[str]) -> str:
+    if on_front:
+        return "front"
+    if peers:
+        return "within-noise"
+    return "diverged" if point.diverged else "infeasible" if point.infeasible else "dominated"
+
+
 def _svg(points: Sequence[TrialPoint], flags: Sequence[bool]) -> str:
-    shown = [(p, keep) for p, keep in zip(points, flags, strict=True) if p.plottable]
-    xs = [p.clean_acc for p, _ in shown] or [0.0, 1.0]
-    ys = [p.robust_acc for p, _ in shown] or [0.0, 1.0]
+    noise = within_noise(points)
+    shown = [(p, _status(p, keep, peers)) for p, keep, peers in zip(points, flags, noise, strict=True)
+             if p.plottable]
+    # the axes cover the error bars too
+    xs = [v for p, _ in shown for v in (p.clean_acc, *_bounds(p, "clean_acc"))] or [0.0, 1.0]
+    ys = [v for p, _ in shown for v in (p.robust_acc, *_bounds(p, "robust_acc"))] or [0.0, 1.0]
     pad_x = 0.04 * (max(xs) - min(xs)) or 0.02
     pad_y = 0.04 * (max(ys) - min(ys)) or 0.02
     x_lo, x_hi, x_ticks = _nice_ticks(min(xs) - pad_x, max(xs) + pad_x)
@@ -425,26 +577,38 @@ def _svg(points: Sequence[TrialPoint], flags: Sequence[bool]) -> str:
                f'transform="rotate(-90 18 {(top + bottom) / 2:.2f})">robust accuracy</text>')
     out.append("</g>")
 
-    front = [p for p, keep in shown if keep]
+    front = [p for p, status in shown if status == "front"]
     if len(front) > 1:
         coords = " ".join(f"{sx(x):.2f},{sy(y):.2f}" for x, y in _staircase(front))
         out.append(f'<polyline class="front-line" points="{coords}"/>')
 
-    # dominated and diverged first, so front points are drawn on top
-    layers = sorted(shown, key=lambda item: item[1])
+    # dominated and diverged first, so within-noise and then front points are drawn on top
+    layers = sorted(shown, key=lambda item: {"front": 2, "within-noise": 1}.get(item[1], 0))
+    out.append('<g class="errorbars">')
+    for p, status in layers:
+        x, y = sx(p.clean_acc), sy(p.robust_acc)
+        if (ci := p.intervals.get("clean_acc")) is not None:
+            out.append(f'<line class="errorbar {status}" data-trial="{_esc(p.trial_id)}" data-axis="clean" '
+                       f'x1="{sx(ci.lo):.2f}" y1="{y:.2f}" x2="{sx(ci.hi):.2f}" y2="{y:.2f}"/>')
+        if (ci := p.intervals.get("robust_acc")) is not None:
+            out.append(f'<line class="errorbar {status}" data-trial="{_esc(p.trial_id)}" data-axis="robust" '
+                       f'x1="{x:.2f}" y1="{sy(ci.lo):.2f}" x2="{x:.2f}" y2="{sy(ci.hi):.2f}"/>')
+    out.append("</g>")
     out.append('<g class="points">')
-    for p, keep in layers:
-        status = "front" if keep else ("diverged" if p.diverged else "infeasible" if p.infeasible else "dominated")
+    for p, status in layers:
+        keep = status == "front"
         params = {k: _param_text(v) for k, v in p.params.items()}
+        clean_ci, robust_ci = _ci_text(p.intervals.get("clean_acc")), _ci_text(p.intervals.get("robust_acc"))
         attrs = (
-            f'class="point {status}" data-trial="{_esc(p.trial_id)}" data-clean="{_fmt(p.clean_acc)}" '
-            f'data-robust="{_fmt(p.robust_acc)}" data-status="{status}" '
+            f'class="point {status}" data-trial="{_esc(p.trial_id)}" data-method="{_esc(p.method or "")}" '
+            f'data-clean="{_fmt(p.clean_acc)}" data-robust="{_fmt(p.robust_acc)}" '
+            f'data-clean-ci="{_esc(clean_ci)}" data-robust-ci="{_esc(robust_ci)}" data-status="{status}" '
             f'data-params="{_esc(json.dumps(params, sort_keys=True))}"'
         )
         title = "\n".join([
-            f"trial {p.trial_id} ({status})",
-            f"clean accuracy {_fmt(p.clean_acc)}",
-            f"robust accuracy {_fmt(p.robust_acc)}",
+            f"trial {p.label}: {status.replace('-', ' ')}",
+            f"clean accuracy {_fmt(p.clean_acc)} {clean_ci}".rstrip(),
+            f"robust accuracy {_fmt(p.robust_acc)} {robust_ci}".rstrip(),
             *(f"{k} = {v}" for k, v in sorted(params.items())),
         ])
         x, y = sx(p.clean_acc), sy(p.robust_acc)
@@ -453,7 +617,7 @@ def _svg(points: Sequence[TrialPoint], flags: Sequence[bool]) -> str:
                  f"M{x - 5:.2f},{y + 5:.2f} L{x + 5:.2f},{y - 5:.2f}")
             out.append(f'<path {attrs} d="{d}"><title>{_esc(title)}</title></path>')
         else:
-            radius = 6 if keep else 4.5
+            radius = 6 if keep else 5 if status == "within-noise" else 4.5
             out.append(f'<circle {attrs} cx="{x:.2f}" cy="{y:.2f}" r="{radius}"><title>{_esc(title)}</title>'
                        "</circle>")
     out.append("</g>")
@@ -464,18 +628,37 @@ def _svg(points: Sequence[TrialPoint], flags: Sequence[bool]) -> str:
     return "\n".join(out)
 
 
+def _bounds(point: TrialPoint, name: str) -> tuple[float, ...]:
+    ci = point.intervals.get(name)
+    return () if ci is None else (ci.lo, ci.hi)
+
+
 def _front_html_table(points: Sequence[TrialPoint]) -> str:
-    front = sorted(pareto_front(points), key=lambda p: (-p.robust_acc, -p.clean_acc, p.trial_id))
-    names = sorted({name for p in front for name in p.params})
-    head = "".join(f"<th>{_esc(n)}</th>" for n in ["trial", "clean accuracy", "robust accuracy", *names])
+    """The front (rows ``front-row``), then the trials within noise of it (rows ``noise-row``), each by robust
+    accuracy descending: trial, method, both objectives with their intervals, status, searched values."""
+    def order(p: TrialPoint) -> tuple[float, float, str]:
+        return -p.robust_acc, -p.clean_acc, p.trial_id
+
+    front = sorted(pareto_front(points), key=order)
+    near = sorted(((p, peers) for p, peers in zip(points, within_noise(points), strict=True) if peers),
+                  key=lambda item: order(item[0]))
+    rows = [(p, "front-row", "Pareto front") for p in front]
+    rows += [(p, "noise-row", f"within noise of {', '.join(peers)}") for p, peers in near]
+    names = sorted({name for p, _, _ in rows for name in p.params})
+    head = "".join(f"<th>{_esc(n)}</th>" for n in ["trial", "method", "clean accuracy", "95% interval",
+                                                    "robust accuracy", "95% interval", "status", *names])
     body = []
-    for p in front:
-        cells = [p.trial_id, _fmt(p.clean_acc), _fmt(p.robust_acc)]
+    for p, cls, status in rows:
+        cells = [p.trial_id, p.method or "", _fmt(p.clean_acc), _ci_text(p.intervals.get("clean_acc")),
+                 _fmt(p.robust_acc), _ci_text(p.intervals.get("robust_acc")), status]
         cells += [_param_text(p.params[n]) if n in p.params else "" for n in names]
         tds = "".join(f"<td>{_esc(c)}</td>" for c in cells)
-        body.append(f'<tr class="front-row" data-trial="{_esc(p.trial_id)}">{tds}</tr>')
+        body.append(f'<tr class="{cls}" data-trial="{_esc(p.trial_id)}">{tds}</tr>')
+    caption = f"Pareto front ({len(front)} trials)"
+    if near:
+        caption += f" and {len(near)} trial(s) within noise of it (both 95% intervals overlap a front member's)"
     return (
-        f'<table class="front-table" id="front-table"><caption>Pareto front ({len(front)} trials)</caption>'
+        f'<table class="front-table" id="front-table"><caption>{_esc(caption)}</caption>'
         f"<thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(body) + "\n</tbody></table>"
     )
 
@@ -489,11 +672,14 @@ def plot_html(points: Sequence[TrialPoint], path: str | Path, title: str = DEFAU
     n_diverged = sum(p.diverged for p in points)
     n_unplotted = sum(not p.plottable for p in points)
     n_infeasible = sum(p.infeasible and not p.diverged for p in points)
-    n_dominated = len(points) - n_front - n_diverged - n_infeasible
-    summary = (f"{len(points)} trials: {n_front} on the front, {n_dominated} dominated, "
+    n_noise = sum(bool(peers) for peers in within_noise(points))
+    n_dominated = len(points) - n_front - n_noise - n_diverged - n_infeasible
+    summary = (f"{len(points)} trials: {n_front} on the front, {n_noise} within noise of it, {n_dominated} dominated, "
                f"{n_diverged} diverged, {n_infeasible} below the clean-accuracy floor; hypervolume (reference 0, 0) {hypervolume(points):.4f}")
     if n_unplotted:
         summary += f"; {n_unplotted} without finite objectives not plotted"
+    if any(p.intervals for p in points):
+        summary += "; bars: 95% Wilson intervals"
     page = "\n".join([
         "<!DOCTYPE html>",
         '<html lang="en">',
