@@ -549,6 +549,25 @@ def test_old_search_without_counts_renders_without_intervals(tmp_path):
     assert [a["data-clean-ci"] for a in dom.with_class("point")] == [""]
 
 
+def test_trials_of_different_threat_models_refuse_one_front(tmp_path):
+    """Robust accuracies measured under two threat-model specs never share the front's column: one line naming
+    both hashes; trials from before specs were recorded do not take part in the check."""
+    from distat.errors import DistatError
+    from distat.search.driver import trial_points
+
+    search_dir = tmp_path / "search"
+    write_trial(search_dir, "a", {"method": "pgd"}, {"clean_acc": 0.8, "robust_acc": 0.25,
+                                                     "threat_spec_hash": "aaaaaaaaaa"}, {"clean_acc": 0.8})
+    write_trial(search_dir, "old", {"method": "pgd"}, {"clean_acc": 0.7, "robust_acc": 0.5}, {"clean_acc": 0.7})
+    assert len(trial_points(search_dir)) == 2
+    write_trial(search_dir, "b", {"method": "pgd"}, {"clean_acc": 0.7, "robust_acc": 0.5,
+                                                     "threat_spec_hash": "bbbbbbbbbb"}, {"clean_acc": 0.7})
+    with pytest.raises(DistatError) as info:
+        trial_points(search_dir)
+    message = str(info.value)
+    assert "aaaaaaaaaa" in message and "bbbbbbbbbb" in message and "\n" not in message
+
+
 def test_method_label_from_the_search_config(tmp_path):
     from distat.search.driver import trial_points
     from distat.search.space import parse_search_config

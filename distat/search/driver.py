@@ -224,11 +224,18 @@ def trial_points(search_dir: Path, clean_acc_floor: float | None = None,
     ``clean_acc_floor`` are marked infeasible (kept in the table, off the front). Each point names its method
     (from ``scfg`` when given, else from a searched ``method``) and carries the 95% Wilson interval of each
     accuracy whose count the trial recorded (:func:`_intervals`)."""
+    from distat.attacks.spec import HASH_KEY, check_same_spec
     from distat.tracking.pareto import OBJECTIVES as FRONT_OBJECTIVES
     from distat.tracking.pareto import TrialPoint
 
+    finished = finished_trials(search_dir).values()
+    # one column per objective: numbers measured under different threat models (a resource rebuilt between a
+    # driver kill and `distat resume`, a searched data.path) must not share it; trials from before specs were
+    # recorded, and diverged ones (never attacked), are left out of the check
+    check_same_spec({f"trial {r.trial_id}": r.metrics.get(HASH_KEY) for r in finished
+                     if isinstance(r.metrics.get(HASH_KEY), str)}, what="robust accuracies on the front")
     points = []
-    for result in finished_trials(search_dir).values():
+    for result in finished:
         m = result.metrics
         intervals = _intervals(m, result.train)
         # bounds recorded at attack time are columns of the intervals now (the objectives' always are)
