@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from distat.methods.base import ATMethod, Batch, StepContext, StepOutput, embeds, forward_logits
+from distat.methods.base import ATMethod, Batch, StepContext, StepOutput, embeds, forward_logits, world_size
 from distat.methods.freelb import FreeLB
 from distat.methods.pgd import PGD, KStepMethod, KStepSettings
 from distat.methods.tavat import TAVAT
@@ -122,9 +122,10 @@ class AdaptiveAT(ATMethod):
         loss = F.cross_entropy(logits.float(), batch["labels"])
         ctx.backward(loss)
         grad = w.grad if w.grad is not None else torch.zeros_like(w)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        world = world_size()
+        if world > 1:
             dist.all_reduce(grad)
-            grad /= dist.get_world_size()
+            grad /= world
         # a non-finite gradient (the loss overflowed: the loop stops the trial as diverged) leaves w as it was,
         # on the simplex; projecting NaNs would crash the trial instead
         if self.cfg.w_lr > 0 and bool(torch.isfinite(grad).all()):

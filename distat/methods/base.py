@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -152,12 +153,24 @@ def embeds(module: nn.Module, batch: Batch) -> torch.Tensor:
     return module.get_input_embeddings()(batch["input_ids"])
 
 
-def forward_logits(model: nn.Module, module: nn.Module, batch: Batch, inputs_embeds: torch.Tensor) -> torch.Tensor:
-    """Logits for the batch with its word embeddings replaced by ``inputs_embeds``."""
-    kwargs: dict[str, torch.Tensor] = {"inputs_embeds": inputs_embeds, "attention_mask": batch["attention_mask"]}
+def forward(model: nn.Module, module: nn.Module, batch: Batch, inputs_embeds: torch.Tensor, **options: Any) -> Any:
+    """The model's output for the batch with its word embeddings replaced by ``inputs_embeds``; ``options`` go
+    to the model (``output_hidden_states=True``, say)."""
+    kwargs: dict[str, Any] = {"inputs_embeds": inputs_embeds, "attention_mask": batch["attention_mask"], **options}
     if "token_type_ids" in batch and getattr(module.config, "type_vocab_size", 0) > 1:
         kwargs["token_type_ids"] = batch["token_type_ids"]
-    return model(**kwargs).logits
+    return model(**kwargs)
+
+
+def forward_logits(model: nn.Module, module: nn.Module, batch: Batch, inputs_embeds: torch.Tensor) -> torch.Tensor:
+    """Logits for the batch with its word embeddings replaced by ``inputs_embeds``."""
+    return forward(model, module, batch, inputs_embeds).logits
+
+
+def world_size() -> int:
+    """Ranks of the torch.distributed job this process is in (1 outside one): methods with state of their own
+    (adaptive w, TA-VAT's table, Flooding-X's b) keep it equal across DDP ranks by their own collectives."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 @contextlib.contextmanager

@@ -68,6 +68,7 @@ from distat.methods.base import (
     embeds,
     eval_mode,
     forward_logits,
+    world_size,
 )
 
 _EMA_DECAY = 0.9  # loss_ema ← 0.9·loss_ema + 0.1·L: a distat choice (smooths batch noise over ~10 steps)
@@ -148,12 +149,6 @@ def class_accordance(ctx: StepContext, batch: Batch) -> float | None:
     return mean_pairwise_cosine(class_gradients(ctx.module, batch, params, ctx.autocast))
 
 
-def _world() -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
-
-
 # --------------------------------------------------------------------------------------------------
 # the method
 
@@ -175,8 +170,8 @@ class FloodingX(ATMethod):
         self.steps = 0  # train_step calls seen (the measurement schedule; the same on every rank)
         self.first_accordance: float | None = None  # its side of τ is the side the crossing starts from
         self.last_accordance: float | None = None
-        # the accordances measured in the current epoch (the loop averages step logs over *all* steps, so
-        # a value logged every n-th step would come out n times too small; epoch_logs reports their mean)
+        # the accordances measured in the current epoch: epoch_logs reports their mean (the loop's average of
+        # the step log over the steps that logged it is the same number)
         self._epoch_sum = 0.0
         self._epoch_count = 0
 
@@ -209,7 +204,7 @@ class FloodingX(ATMethod):
         accordance = class_accordance(ctx, batch) if self.steps % self.cfg.accordance_every == 0 else None
         stats = torch.tensor([logs["ce_loss"], accordance or 0.0, float(accordance is not None)],
                              dtype=torch.float64, device=batch["labels"].device)
-        world = _world()
+        world = world_size()
         if world > 1:
             dist.all_reduce(stats)
             stats[0] /= world

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from distat.methods.base import ATMethod, Batch, StepContext, StepOutput, embeds, token_mask
+from distat.methods.base import ATMethod, Batch, StepContext, StepOutput, embeds, forward, token_mask
 from distat.methods.perturb import Perturbation, PerturbSettings, from_config
 
 CRITIC_WIDTH = 300  # the reference InfoNCE critic's hidden width (``InfoNCE.lower_size``)
@@ -84,16 +84,6 @@ class InfoBERTSettings(PerturbSettings):
 
 # --------------------------------------------------------------------------------------------------
 # the two estimators
-
-
-def forward_outputs(model: nn.Module, module: nn.Module, batch: Batch, inputs_embeds: torch.Tensor) -> Any:
-    """The full model output (logits and every layer's hidden states) with the word embeddings replaced by
-    ``inputs_embeds``; like :func:`distat.methods.base.forward_logits` but with ``output_hidden_states``."""
-    kwargs: dict[str, Any] = {"inputs_embeds": inputs_embeds, "attention_mask": batch["attention_mask"],
-                              "output_hidden_states": True}
-    if "token_type_ids" in batch and getattr(module.config, "type_vocab_size", 0) > 1:
-        kwargs["token_type_ids"] = batch["token_type_ids"]
-    return model(**kwargs)
 
 
 def club_upper_bound(rows: torch.Tensor) -> torch.Tensor:
@@ -234,7 +224,7 @@ class InfoBERT(ATMethod):
                 x0 = embeds(ctx.module, batch)
             delta = delta.detach().requires_grad_(True)
             with ctx.autocast():
-                out = forward_outputs(ctx.model, ctx.module, batch, x0 + delta)
+                out = forward(ctx.model, ctx.module, batch, x0 + delta, output_hidden_states=True)
             task = F.cross_entropy(out.logits.float(), batch["labels"])
             objective = task / k
             if cfg.info_beta > 0:

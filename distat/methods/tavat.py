@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from distat.methods.base import Batch, StepContext, StepOutput, embeds, forward_logits, token_mask
+from distat.methods.base import Batch, StepContext, StepOutput, embeds, forward_logits, token_mask, world_size
 from distat.methods.pgd import KStepMethod, KStepSettings, Trajectory
 
 _EPS = 1e-8  # the reference's clamp on gradient norms
@@ -189,9 +189,9 @@ class TAVAT(KStepMethod):
 
 def _gather_rows(ids: torch.Tensor, vecs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Every rank's (ids, vecs) concatenated in rank order; the inputs themselves outside DDP."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    world = world_size()
+    if world == 1:
         return ids, vecs
-    world = dist.get_world_size()
     count = torch.tensor([ids.numel()], device=ids.device)
     counts = [torch.zeros_like(count) for _ in range(world)]
     dist.all_gather(counts, count)
