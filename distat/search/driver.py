@@ -65,11 +65,10 @@ class TrialConfigOf:
         self.state = state
 
     def __call__(self, params: dict[str, Any], trial_id: str) -> tuple[str, dict[str, Any]]:
-        from distat.search.space import apply_params, param_names
+        from distat.search.space import apply_params, sampled_params
 
         scfg = self.state.search
-        chosen = {k: params[k] for k in param_names(scfg) if k in params}
-        cfg = apply_params(scfg, chosen, str(self.state.trial_dir(trial_id)))
+        cfg = apply_params(scfg, sampled_params(scfg, params), str(self.state.trial_dir(trial_id)))
         return cfg.method.label, cfg.model_dump(mode="json")
 
 
@@ -281,10 +280,10 @@ def _method_label(scfg: SearchConfig | None, params: dict[str, Any], trial_dir: 
     """The label of a trial's AT method (``adaptive_pgd``): its whole config built from the search's, else a
     searched ``method`` value as it was sampled; None when neither says."""
     if scfg is not None:
-        from distat.search.space import apply_params, param_names
+        from distat.search.space import apply_params, sampled_params
 
         try:
-            return apply_params(scfg, {k: params[k] for k in param_names(scfg) if k in params}, str(trial_dir)).method.label
+            return apply_params(scfg, sampled_params(scfg, params), str(trial_dir)).method.label
         except DistatError as e:  # params of an older version of the space: fall back to what was sampled
             log.debug("method of %s not rebuilt from its params: %s", trial_dir.name, first_line(e))
     method = params.get("method")

@@ -79,6 +79,7 @@ __all__ = [
     "param_names",
     "param_target",
     "parse_search_config",
+    "sampled_params",
 ]
 
 #: Short parameter names → the TrialConfig path they set. ``None``: reserved for a feature that is not
@@ -842,6 +843,12 @@ def parse_search_config(data: dict[str, Any], source: str = "<search>") -> Searc
 def param_names(cfg: SearchConfig) -> list[str]:
     """The searched parameters, in the order they are suggested."""
     return list(cfg.params)
+
+
+def sampled_params(cfg: SearchConfig, config: dict[str, Any]) -> dict[str, Any]:
+    """The searched parameters' values in a Tune trial's ``config`` (what :func:`apply_params` takes), in
+    suggestion order; any other key of it is left out."""
+    return {k: config[k] for k in param_names(cfg) if k in config}
 
 
 def define_by_run(cfg: SearchConfig) -> Callable[[optuna.Trial], dict[str, Any]]:

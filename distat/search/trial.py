@@ -41,7 +41,7 @@ def run_trial(config: dict[str, Any], state: SearchState) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from distat.search.cluster import train_env_defaults
-    from distat.search.space import apply_params, param_names
+    from distat.search.space import apply_params, sampled_params
     from distat.search.worker import train_worker
 
     scfg = state.search
@@ -53,7 +53,7 @@ def run_trial(config: dict[str, Any], state: SearchState) -> None:
         # trial reports its result again instead of training and attacking twice
         tune.report(TrialResult.load(out).metrics)
         return
-    params = {k: config[k] for k in param_names(scfg) if k in config}
+    params = sampled_params(scfg, config)
     tcfg = apply_params(scfg, params, str(out))
     ada: dict[str, Any] = {}
     t_ada = 0.0
