@@ -41,6 +41,7 @@ from distat.config import TrialConfig, load_data, resolve_data
 from distat.errors import ModelError, format_validation_error
 from distat.methods.base import StepContext
 from distat.models import autocast_factory, load_classifier, load_tokenizer, pick_device, resolve_backbone
+from distat.scores import score_predictions
 
 log = logging.getLogger(__name__)
 
@@ -188,22 +189,43 @@ def _batches_per_epoch(n: int, batch_size: int, world: int) -> int:
 @torch.no_grad()
 def evaluate(module: nn.Module, encoded: data_mod.EncodedSplit, batch_size: int, device: torch.device,
              pad_token_id: int, autocast=None) -> dict[str, float]:
-    """Clean accuracy and loss of ``module`` on a split (eval mode, no dropout), and the split's size."""
+    """Clean scores and loss of ``module`` on a split (eval mode, no dropout), and the split's size.
+
+    Keys: ``clean_acc``, ``dev_loss``, ``dev_n`` and, for imbalanced data, ``macro_f1``, ``balanced_acc``,
+    ``majority_rate`` (the gold labels' largest class share: what always answering that class scores) and
+    ``precision.<c>`` / ``recall.<c>`` for every label ``c`` (the logits' width), as :mod:`distat.scores`
+    defines them."""
     was_training = module.training
     module.eval()
     autocast = autocast or autocast_factory(device)
-    correct, total, loss_sum = 0, 0, 0.0
+    loss_sum = 0.0
+    num_labels = 0
+    golds: list[torch.Tensor] = []
+    preds: list[torch.Tensor] = []
     for batch in data_mod.iter_batches(encoded, batch_size, pad_token_id=pad_token_id):
         batch = {k: v.to(device) for k, v in batch.items()}
         labels = batch.pop("labels")
         with autocast():
             logits = module(**batch).logits.float()
         loss_sum += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-        correct += int((logits.argmax(-1) == labels).sum())
-        total += len(labels)
+        num_labels = int(logits.shape[-1])
+        # a few ints per example, kept on the CPU: the per-class scores are computed once at the end
+        golds.append(labels.cpu())
+        preds.append(logits.argmax(-1).cpu())
     module.train(was_training)
-    # dev_n: the count behind clean_acc, for its confidence interval on the Pareto front
-    return {"clean_acc": correct / max(total, 1), "dev_loss": loss_sum / max(total, 1), "dev_n": float(total)}
+    gold = torch.cat(golds).numpy() if golds else np.zeros(0, dtype=np.int64)
+    pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
+    total = int(gold.size)
+    # an empty split has no logits to size the classes by; one class keeps score_predictions' contract
+    scores = score_predictions(gold, pred, max(num_labels, 1))
+    out = {"clean_acc": scores.acc, "dev_loss": loss_sum / max(total, 1),
+           # dev_n: the count behind clean_acc, for its confidence interval on the Pareto front
+           "dev_n": float(total),
+           "macro_f1": scores.macro_f1, "balanced_acc": scores.balanced_acc, "majority_rate": scores.majority_rate}
+    for c in range(num_labels):
+        out[f"precision.{c}"] = scores.precision[c]
+        out[f"recall.{c}"] = scores.recall[c]
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ only the units :data:`SAME_LAYER` allows it:
                        sits *above* ``methods`` (the issue's picture had it below: each method's settings class
                        lives in its method's module now, and config is what assembles them)
  5    ``methods``      the AT methods, each with its settings class
- 6    ``data``, ``models``, ``resources``, ``settings``, ``atomic``, ``errors``, ``dicts``: the foundation;
+ 6    ``data``, ``models``, ``resources``, ``settings``, ``atomic``, ``errors``, ``dicts``, ``scores``: the
+                       foundation;
                        ``resources`` sits here (not beside ``attacks``) because it reads labelled data and
                        loads models to build the MLM and the calibration, and ``attacks`` reads its paths
 ====  =========================================================================================================
@@ -51,7 +52,7 @@ LAYERS: list[set[str]] = [
     {"augment", "attacks", "training", "tracking"},
     {"config"},
     {"methods"},
-    {"data", "models", "resources", "settings", "atomic", "errors", "dicts"},
+    {"data", "models", "resources", "settings", "atomic", "errors", "dicts", "scores"},
 ]
 SAME_LAYER: dict[str, set[str]] = {
     "augment": {"attacks", "training"},

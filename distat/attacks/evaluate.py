@@ -13,15 +13,39 @@ from distat.attacks.runner import AttackJob, AttackRunner, Example
 from distat.data import Split
 
 
-def select_examples(split: Split, n: int | None, seed: int) -> list[Example]:
-    """The first ``n`` examples of a seeded permutation of ``split`` (all when ``n`` is None).
+def select_examples(split: Split, n: int | None, seed: int, stratify: bool = False) -> list[Example]:
+    """The first ``n`` examples of a seeded order of ``split`` (all when ``n`` is None), indexed 0.. in that order.
 
-    The same (split, n, seed) always gives the same subset, so every trial of a search is attacked on the
-    same examples. For pairs the last text field is the perturbable one.
+    Without ``stratify`` the order is a seeded permutation of the rows. With ``stratify`` it is label-balanced,
+    so a minority class is attacked often enough to estimate its robust recall: each class's rows are put in
+    their own seeded permutation and taken in a seeded round-robin over the classes, one row of each class per
+    round; a class whose rows run out drops out and the others fill up to ``n``. So ``n`` examples hold
+    ``ceil(n / C)`` or ``floor(n / C)`` rows of each of the ``C`` classes as long as every class has that many.
+
+    The same (split, n, seed, stratify) always gives the same subset, so every trial of a search is attacked on
+    the same examples. For pairs the last text field is the perturbable one.
     """
-    order = list(range(len(split)))
-    random.Random(seed).shuffle(order)
-    chosen = order if n is None else order[:n]
+    chosen: list[int]
+    if stratify:
+        rng = random.Random(seed)
+        by_class: dict[int, list[int]] = {}
+        for row, label in enumerate(split.labels):
+            by_class.setdefault(label, []).append(row)
+        classes = sorted(by_class)  # sorted first, so the shuffles below depend on the seed alone
+        for label in classes:
+            rng.shuffle(by_class[label])
+        # which classes lead each round (and so get the ceil(n / C) share) is seeded too, not always label 0
+        rng.shuffle(classes)
+        chosen = []
+        depth = 0
+        while len(chosen) < len(split):
+            chosen.extend(by_class[label][depth] for label in classes if depth < len(by_class[label]))
+            depth += 1
+    else:
+        chosen = list(range(len(split)))
+        random.Random(seed).shuffle(chosen)
+    if n is not None:
+        chosen = chosen[:n]
     out = []
     for i, row in enumerate(chosen):
         if split.text_b is None:

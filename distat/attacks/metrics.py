@@ -10,6 +10,10 @@ Every attacked example becomes one :class:`AttackRecord`; :func:`summarize` turn
 * ``perturbed_word_pct``: mean of ``100 * words_perturbed / words_total`` over successful attacks;
 * ``avg_queries``: mean number of model queries over the examples that were attacked (not skipped).
 
+For imbalanced data :func:`class_scores` gives the per-class scores under attack (``robust_macro_f1``,
+``robust_recall.<c>``, ...) and :func:`robust_recall_intervals` the Wilson intervals of each class's robust
+recall.
+
 Proportions carry Wilson score 95% intervals (:func:`wilson_interval`), which behave at 0/n and n/n and for
 the small attack subsets a search can afford, where the normal approximation does not.
 
@@ -31,6 +35,7 @@ from typing import Any, Literal
 
 from distat.atomic import atomic_file
 from distat.errors import DataError
+from distat.scores import score_predictions
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +43,11 @@ __all__ = [
     "AttackRecord",
     "AttackStatus",
     "RobustMetrics",
+    "class_scores",
     "export_adversarial_tsv",
+    "prediction_under_attack",
     "read_records_csv",
+    "robust_recall_intervals",
     "summarize",
     "wilson_interval",
     "write_records_csv",
@@ -211,6 +219,61 @@ def summarize(records: Sequence[AttackRecord]) -> RobustMetrics:
         robust_acc_ci=wilson_interval(failed, n),
         attack_success_rate_ci=wilson_interval(succeeded, attacked),
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# per-class scores under attack (imbalanced data)
+
+
+def prediction_under_attack(record: AttackRecord) -> int:
+    """The model's answer on ``record`` once attacked: its clean prediction when skipped (already wrong, so
+    nothing was attacked), the label when the attack failed, the perturbed prediction when it succeeded."""
+    if record.status == "skipped":
+        return record.original_pred
+    if record.status == "failed":
+        return record.label
+    assert record.perturbed_pred is not None  # AttackRecord guarantees it for a success
+    return record.perturbed_pred
+
+
+def class_scores(records: Sequence[AttackRecord], num_labels: int, prefix: str = "robust_") -> dict[str, float]:
+    """Per-class scores of the predictions under attack (:func:`prediction_under_attack`) against the gold labels,
+    as :func:`distat.scores.score_predictions` defines them, flat with keys preceded by ``prefix``:
+    ``robust_acc`` (equal to :func:`summarize`'s ``robust_acc``), ``robust_macro_f1``, ``robust_balanced_acc``,
+    ``robust_majority_rate`` (of the attacked subset's gold labels) and per label ``c`` ``robust_precision.<c>``,
+    ``robust_recall.<c>``, ``robust_f1.<c>`` and ``robust_support.<c>`` (how many attacked examples are ``c``).
+
+    ``robust_recall.<c>`` is the fraction of the class-``c`` examples still classified ``c`` under attack; for a
+    spam filter, the share of spam made to pass is ``1 - robust_recall.<spam>``. Raises ``ValueError`` when a
+    label or prediction is outside ``0 .. num_labels - 1``.
+    """
+    scores = score_predictions([r.label for r in records], [prediction_under_attack(r) for r in records],
+                               num_labels)
+    return scores.as_dict(prefix)
+
+
+def robust_recall_intervals(records: Sequence[AttackRecord], num_labels: int, prefix: str = "robust_",
+                            confidence_level: float = 0.95) -> dict[str, float]:
+    """Wilson intervals (:func:`wilson_interval`) of each class's robust recall, as ``robust_recall_lo.<c>`` and
+    ``robust_recall_hi.<c>`` (``prefix`` replaces ``robust_``). A class with no attacked example gets ``(0, 1)``:
+    its robust recall is unknown, which is why ``attack.stratify`` exists."""
+    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
+        raise ValueError(f"robust_recall_intervals: num_labels must be a positive integer, got {num_labels!r}")
+    kept = [0] * num_labels
+    support = [0] * num_labels
+    for r in records:
+        if not 0 <= r.label < num_labels:
+            raise ValueError(f"robust_recall_intervals: record {r.index} has label {r.label}, "
+                             f"outside 0..{num_labels - 1}")
+        support[r.label] += 1
+        # still classified as its class under attack: exactly the failed attacks (skipped ones were wrong already)
+        kept[r.label] += r.status == "failed"
+    out: dict[str, float] = {}
+    for c in range(num_labels):
+        lo, hi = wilson_interval(kept[c], support[c], confidence_level)
+        out[f"{prefix}recall_lo.{c}"] = lo
+        out[f"{prefix}recall_hi.{c}"] = hi
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
