@@ -158,10 +158,10 @@ def print_trial_event(event: Any) -> None:
         _say(f"  ERROR   {event.trial_id}: see {event.path}")
 
 
-def _front_display(table: Any) -> Any:
+def _front_display(table: Any, clean_metric: str = "clean_acc") -> Any:
     """The front's rows for printing: a ``~`` mark and the front members named on trials within noise of the
-    front (only when there is one), each objective followed by its interval and count in one cell, the other
-    columns as they are."""
+    front (only when there is one), each objective (the clean one is the column ``clean_metric``) followed by its
+    interval and count in one cell, the other columns as they are."""
     import pandas as pd
 
     def ci(row: Any, name: str) -> str:
@@ -175,13 +175,15 @@ def _front_display(table: Any) -> Any:
     shown = pd.DataFrame(index=table.index)
     if noisy:
         shown[""] = ["~" if v else "" for v in peers]
-    interval_columns = {f"{name}{end}" for name in ("clean_acc", "robust_acc") for end in ("_lo", "_hi", "_n")}
+    # the CI column's header: "clean 95% CI" for accuracy (as always), the metric's name for another objective
+    objectives = {clean_metric: "clean" if clean_metric == "clean_acc" else clean_metric, "robust_acc": "robust"}
+    interval_columns = {f"{name}{end}" for name in objectives for end in ("_lo", "_hi", "_n")}
     for column in table.columns:
         if column in interval_columns or column == "within_noise_of":
             continue
         shown[column] = table[column]
-        if column in ("clean_acc", "robust_acc"):
-            shown[f"{column.removesuffix('_acc')} 95% CI"] = [ci(row, column) for _, row in table.iterrows()]
+        if column in objectives:
+            shown[f"{objectives[column]} 95% CI"] = [ci(row, column) for _, row in table.iterrows()]
     if noisy:
         shown["within noise of"] = peers
     return shown
@@ -191,12 +193,17 @@ def _print_front(front: Any) -> None:
     if not front.total:
         print("no trial finished: nothing on the Pareto front (see the trial errors above)")
         return
-    print(f"Pareto front ({front.on_front} of {front.total} trials, hypervolume {front.hypervolume:.4f}):")
-    if front.below_floor:
+    from distat.tracking.pareto import clean_label
+
+    clean_metric = front.clean_metric
+    # over accuracy the header is today's; another clean objective is named, as the plots name it
+    over = "" if clean_metric == "clean_acc" else f" of {clean_label(clean_metric)} vs robust accuracy"
+    print(f"Pareto front{over} ({front.on_front} of {front.total} trials, hypervolume {front.hypervolume:.4f}):")
+    if front.below_floor:  # the floor is on clean accuracy whatever the objective
         print(f"  left out, below the clean-accuracy floor: {', '.join(front.below_floor)}")
     if front.diverged:
         print(f"  left out, diverged: {', '.join(front.diverged)}")
-    print(_front_display(front.table).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(_front_display(front.table, clean_metric).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print("95% CI: Wilson score interval of the accuracy over its n examples (none where no count was recorded)")
     if front.within_noise:
         print(f"~ within noise ({len(front.within_noise)}): not on the front, but its clean and its robust interval "
@@ -238,6 +245,52 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     from distat.app import pareto
 
     _print_front(pareto(args.search_dir))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from distat.app.evaluate import evaluate
+
+    bars: dict[tuple[str, str], Any] = {}
+    quiet = args.quiet or not sys.stderr.isatty()
+
+    def progress(trial_id: str, attack: str, done: int, total: int) -> None:
+        bar = bars.get((trial_id, attack))
+        if bar is None:
+            bar = bars[(trial_id, attack)] = tqdm(total=total, desc=f"{trial_id} {attack}", unit="ex",
+                                                  disable=quiet, leave=False)
+        bar.n = done
+        bar.refresh()
+
+    try:
+        outcome = evaluate(args.search_dir, n=args.n, all_rows=args.all_rows, trials=args.trial or (), only=args.only,
+                           best_per_method=False if args.no_best else None, address=args.address,
+                           tracking_uri=args.tracking_uri, cache_dir=args.cache_dir, notify=_say, progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    attacked = sum(t.attacked for t in outcome.trials)
+    reused = sum(t.reused for t in outcome.trials)
+    done = sum(t.already_done for t in outcome.trials)
+    print(f"test stage: {len(outcome.trials)} trial(s) on the {outcome.split} split; {attacked} example(s) attacked"
+          + (f", {reused} kept from an interrupted run" if reused else "")
+          + (f", {done} trial(s) already evaluated" if done else ""))
+    print(f"the table: distat report {args.search_dir}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from distat.app.report import report
+
+    outcome = report(args.search_dir, *args.more, split=args.split, all_front=args.all, tracking_uri=args.tracking_uri,
+                     log_mlflow=not args.no_mlflow)
+    for line in outcome.warnings:
+        _say(line)
+    print(outcome.markdown)
+    for kind, path in outcome.files.items():
+        print(f"{kind}: {path}")
     return 0
 
 
@@ -330,6 +383,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pareto", help="print a search's Pareto front and rewrite its CSV/PNG/HTML")
     p.add_argument("search_dir")
     p.set_defaults(func=cmd_pareto)
+
+    p = sub.add_parser("evaluate", help="the test stage: re-evaluate the front and each method's best trial on "
+                                        "the test split with every attack (resumable)")
+    p.add_argument("search_dir")
+    p.add_argument("--trial", action="append", metavar="ID", help="also evaluate this trial (repeatable)")
+    p.add_argument("--only", action="store_true", help="evaluate only the --trial ones")
+    p.add_argument("--no-best", action="store_true", help="not each method's best trial, only the front (+ --trial)")
+    p.add_argument("--n", type=int, help="attack at most this many test examples (default: evaluate.n)")
+    p.add_argument("--all-rows", action="store_true", help="attack every test example (no cap)")
+    p.add_argument("--address", help="an existing Ray cluster, e.g. auto (default: start a local one)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI, if it moved (default: the search's)")
+    p.add_argument("--cache-dir", help="attack-resource cache, if it moved (default: the search's)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="the paper-style table of a search (Markdown; CSV, LaTeX, HTML in "
+                                      "<search dir>/report and on MLflow)")
+    p.add_argument("search_dir")
+    p.add_argument("more", nargs="*", metavar="search_dir", help="more searches whose rows join the table")
+    p.add_argument("--all", action="store_true", help="every trial on the front, not each method's best")
+    p.add_argument("--split", default="auto", choices=["auto", "test", "dev"],
+                   help="test numbers (distat evaluate), dev numbers (the search's), or test when there are any")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI, if it moved (default: the search's)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not attach the report to the MLflow parent run")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

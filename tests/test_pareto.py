@@ -664,3 +664,125 @@ def test_printed_front_marks_noise_and_shows_intervals(capsys):
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if "old" in line)
     assert row.split()[:6] == ["old", "pgd", "0.8000", "-", "0.2500", "-"] and "within noise" not in out
+
+
+
+# ------------------------------------------------------------------- a clean objective other than accuracy
+
+
+def with_accuracy(points: list[TrialPoint]) -> list[TrialPoint]:
+    """The points with clean accuracy as an extra (what the floor reads when the objective is another metric)."""
+    return [TrialPoint(p.trial_id, p.clean_acc, p.robust_acc, p.params, p.diverged, {"clean_acc": 0.9},
+                       p.infeasible, p.method, p.intervals) for p in points]
+
+
+def test_front_table_names_the_clean_objective_after_its_metric():
+    renamed = [c.replace("clean_acc", "macro_f1") for c in CORE]
+    default = front_table(noisy_points())
+    table = front_table(noisy_points(), clean_metric="macro_f1")
+    assert list(table.columns[:len(CORE)]) == renamed and not any(c.startswith("clean_acc") for c in table.columns)
+    # nothing but the names changes: same rows, same order, same values
+    pd.testing.assert_frame_equal(table, default.rename(columns=dict(zip(CORE, renamed, strict=True))))
+    # clean accuracy may ride along as an extra; the objective's own name may not
+    extra = front_table(with_accuracy(noisy_points()), clean_metric="balanced_acc")
+    assert list(extra.columns[len(CORE):]) == ["param.adv_lr", "clean_acc"] and "balanced_acc_n" in extra.columns
+    with pytest.raises(ValueError, match="macro_f1"):
+        front_table([TrialPoint("x", 0.5, 0.5, extra={"macro_f1": 0.5})], clean_metric="macro_f1")
+    with pytest.raises(ValueError, match="unknown clean objective 'f1'"):
+        front_table(noisy_points(), clean_metric="f1")
+
+
+def test_artifacts_with_macro_f1_show_its_label_and_nothing_else_changes(tmp_path):
+    from PIL import Image
+
+    points = noisy_points()
+    default = write_artifacts(points, tmp_path / "default")
+    macro = write_artifacts(points, tmp_path / "macro", clean_metric="macro_f1")
+    # pareto.csv: the renamed header, the same rows
+    header, *rows = macro["csv"].read_text("utf-8").splitlines()
+    assert header.split(",")[:len(CORE)] == [c.replace("clean_acc", "macro_f1") for c in CORE]
+    assert rows == default["csv"].read_text("utf-8").splitlines()[1:]
+    with Image.open(macro["png"]) as image:
+        assert image.format == "PNG"
+        image.load()
+        assert count_near(image, FRONT_COLOR) > 30
+    text = macro["html"].read_text("utf-8")
+    assert "clean accuracy" not in text and "<th>macro-F1</th>" in text
+    dom = parse(text)
+    svg = next(a for t, a in dom.tags if t == "svg")
+    assert svg["aria-label"] == "macro-F1 vs robust accuracy of every trial"
+    assert "<title>Pareto front: macro-F1 vs robust accuracy</title>" in text
+    assert "macro-F1 0.8000 [0.7500, 0.8500] (n = 100)" in text  # the point's native tooltip
+    assert '"macro-F1: " + el.getAttribute("data-clean")' in text  # the script's tooltip
+    assert "below the clean-accuracy floor" in text  # the floor is on accuracy whatever the objective
+    # only the label differs from the default page (which stays today's: "clean accuracy", its title)
+    back = text.replace("Pareto front: macro-F1 vs", "Pareto front: clean vs").replace("macro-F1", "clean accuracy")
+    assert back == default["html"].read_text("utf-8")
+    assert "balanced accuracy" in plot_html(points, tmp_path / "b.html", clean_metric="balanced_acc").read_text("utf-8")
+    with pytest.raises(ValueError, match="unknown clean objective"):
+        write_artifacts(points, tmp_path / "bad", clean_metric="accuracy")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_default_clean_objective_keeps_todays_artifacts(tmp_path):
+    points = noisy_points()
+    today = write_artifacts(points, tmp_path / "today")
+    explicit = write_artifacts(points, tmp_path / "explicit", clean_metric="clean_acc", title=None)
+    for kind in ("csv", "png", "html"):
+        assert today[kind].read_bytes() == explicit[kind].read_bytes(), kind
+    text = today["html"].read_text("utf-8")
+    assert text.count("clean accuracy") >= 8 and "macro-F1" not in text
+    assert "<title>Pareto front: clean vs robust accuracy</title>" in text
+    assert today["csv"].read_text("utf-8").split("\n", 1)[0].split(",")[:len(CORE)] == CORE
+
+
+def test_printed_front_names_the_clean_objective(capsys):
+    from distat.app.search import FrontSummary
+    from distat.cli import _print_front
+
+    summary = FrontSummary.of(with_accuracy(noisy_points()), {}, "sqlite:///tmp/x.db", clean_metric="macro_f1")
+    assert summary.clean_metric == "macro_f1"
+    assert list(summary.table.columns) == [
+        "trial_id", "method", "macro_f1", "macro_f1_lo", "macro_f1_hi", "macro_f1_n", "robust_acc", "robust_acc_lo",
+        "robust_acc_hi", "robust_acc_n", "within_noise_of", "param.adv_lr", "clean_acc"]
+    _print_front(summary)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "Pareto front of macro-F1 vs robust accuracy (1 of 6 trials, hypervolume 0.4000):"
+    assert lines[1] == "  left out, below the clean-accuracy floor: below_floor"
+    header = lines[2].split()
+    assert header[:4] == ["trial_id", "method", "macro_f1", "macro_f1"] and "clean_acc" in header
+    assert "95% CI" in lines[2] and "clean 95% CI" not in lines[2]
+    front = next(line for line in lines if "adaptive_pgd" in line)
+    assert front.split()[:6] == ["front", "adaptive_pgd", "0.8000", "[0.750,", "0.850]", "n=100"]
+
+    balanced = FrontSummary.of(noisy_points(), {}, "sqlite:///tmp/x.db", clean_metric="balanced_acc")
+    _print_front(balanced)
+    out = capsys.readouterr().out
+    assert "balanced_acc 95% CI" in out and "Pareto front of balanced accuracy vs robust accuracy" in out
+
+    # accuracy, the default: today's header and CI column
+    _print_front(FrontSummary.of(noisy_points(), {}, "sqlite:///tmp/x.db"))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "Pareto front (1 of 6 trials, hypervolume 0.4000):"
+    assert lines[2].split()[:5] == ["trial_id", "method", "clean_acc", "clean", "95%"]
+
+    empty = FrontSummary.of([], {}, "sqlite:///tmp/x.db", clean_metric="macro_f1")
+    assert empty.total == 0 and empty.clean_metric == "macro_f1"
+    with pytest.raises(ValueError, match="unknown clean objective"):
+        FrontSummary.of([], {}, "sqlite:///tmp/x.db", clean_metric="f1")
+
+def test_best_per_method_chooses_on_the_searchs_numbers_among_feasible_trials() -> None:
+    from distat.tracking.pareto import best_per_method
+
+    points = [
+        TrialPoint("a", 0.90, 0.20, method="pgd"),
+        TrialPoint("b", 0.85, 0.30, method="pgd"),
+        TrialPoint("c", 0.60, 0.50, method="pgd", infeasible=True),  # below the floor: never a row
+        TrialPoint("d", 0.88, 0.30, method="freelb"),
+        TrialPoint("e", 0.80, 0.30, method="freelb"),  # tie on robust: the higher clean wins
+        TrialPoint("f", 0.95, 0.90, method="fgm", diverged=True),
+        TrialPoint("g", 0.70, 0.10, method=None),
+    ]
+    best = best_per_method(points)
+    assert {m: p.trial_id for m, p in best.items()} == {"freelb": "d", "pgd": "b"}
+    assert list(best) == ["freelb", "pgd"]  # highest robust first, then clean

@@ -28,12 +28,22 @@ _FRONT_COLUMNS = ("trial_id", "method", "clean_acc", "clean_acc_lo", "clean_acc_
                   "ada_examples")
 
 
+def _front_columns(clean_metric: str) -> tuple[str, ...]:
+    """The front table's shown columns when the clean objective is ``clean_metric``: its own columns in place of
+    ``clean_acc``'s, and then clean accuracy too where the points carry it as an extra (the floor reads it)."""
+    if clean_metric == "clean_acc":
+        return _FRONT_COLUMNS
+    renamed = tuple(clean_metric + c.removeprefix("clean_acc") if c.startswith("clean_acc") else c
+                    for c in _FRONT_COLUMNS)
+    return (*renamed, "clean_acc")
+
+
 @dataclass
 class FrontSummary:
     """The Pareto front of a search, ready to show: counts, hypervolume, who was left out and why, the rows of
     the front and of the trials within noise of it (a pandas DataFrame of the shown columns: the objectives
-    with their 95% intervals ``<objective>_lo/_hi/_n``, empty where no count was recorded; ``within_noise_of``
-    empty on front rows) and where its files are."""
+    with their 95% intervals ``<objective>_lo/_hi/_n``, empty where no count was recorded, the clean one named
+    after ``clean_metric``; ``within_noise_of`` empty on front rows) and where its files are."""
 
     total: int
     on_front: int
@@ -45,25 +55,31 @@ class FrontSummary:
     files: dict[str, Path]
     tracking_uri: str  # credentials masked
     within_noise: list[str] = field(default_factory=list)  # off the front, both intervals overlapping a member's
+    clean_metric: str = "clean_acc"  # the clean objective (distat.tracking.pareto.CLEAN_METRICS)
 
     @classmethod
-    def of(cls, points: list[Any], files: dict[str, Path], tracking_uri: str) -> FrontSummary:
+    def of(cls, points: list[Any], files: dict[str, Path], tracking_uri: str,
+           clean_metric: str = "clean_acc") -> FrontSummary:
         import pandas as pd
 
         from distat.tracking.mlflow import redact
-        from distat.tracking.pareto import front_table, hypervolume, non_dominated
+        from distat.tracking.pareto import clean_label, front_table, hypervolume, non_dominated
 
+        clean_label(clean_metric)  # an unknown metric is refused with or without points
         if not points:
-            return cls(0, 0, 0.0, [], [], pd.DataFrame(), False, files, redact(tracking_uri))
-        table = front_table(points)
-        cols = [c for c in table.columns if c in _FRONT_COLUMNS or c.startswith("param.")]
+            return cls(0, 0, 0.0, [], [], pd.DataFrame(), False, files, redact(tracking_uri),
+                       clean_metric=clean_metric)
+        table = front_table(points, clean_metric)
+        shown_columns = _front_columns(clean_metric)
+        cols = [c for c in table.columns if c in shown_columns or c.startswith("param.")]
         shown = table["on_front"] | table["within_noise"]  # the front first (front_table's order)
         return cls(total=len(points), on_front=sum(non_dominated(points)), hypervolume=hypervolume(points),
                    below_floor=[p.trial_id for p in points if p.infeasible and not p.diverged],
                    diverged=[p.trial_id for p in points if p.diverged],
                    table=table[shown][cols].reset_index(drop=True),
                    has_static="static_robust_acc" in table.columns, files=files,
-                   tracking_uri=redact(tracking_uri), within_noise=list(table[table["within_noise"]]["trial_id"]))
+                   tracking_uri=redact(tracking_uri), within_noise=list(table[table["within_noise"]]["trial_id"]),
+                   clean_metric=clean_metric)
 
 
 @dataclass
@@ -115,6 +131,16 @@ def _listeners(listener: Listener | None, total: int) -> list[Any]:
     return [progress_callback(total, listener)] if listener is not None else []
 
 
+def require_recipes(where: AttackResources, config: SearchConfig) -> None:
+    """Every recipe the search (and its test stage, when it runs after the search) attacks with finds its
+    resources (one line naming what is missing otherwise)."""
+    recipes = config.attack.recipe_names
+    if config.evaluate.after_search:
+        recipes += config.evaluate.attack(config.attack).recipe_names
+    for recipe in dict.fromkeys(recipes):
+        where.require(recipe)
+
+
 def check_splits(config: SearchConfig) -> None:
     """Before Ray starts: the trial's train and dev splits and the attacked split resolve for its data (a
     one-line error naming the data and its splits otherwise), rather than every trial failing after training."""
@@ -140,7 +166,7 @@ def search(config: SearchConfig, *, storage: str | os.PathLike[str] = "runs/sear
         fs_path(cache_dir, "--cache-dir")
     where = AttackResources.at(cache_dir, resource_overrides)
     uri = tracking_uri or default_tracking_uri()
-    where.require(config.attack.recipe)
+    require_recipes(where, config)
     check_splits(config)
     search_dir = root / config.name
     check_new_search(search_dir)
@@ -157,7 +183,8 @@ def search(config: SearchConfig, *, storage: str | os.PathLike[str] = "runs/sear
         if stopped_early(grid, config.search.num_samples):
             return SearchOutcome(search_dir, interrupted=True)
         points, files = finish_search(config, search_dir, uri)
-    return SearchOutcome(search_dir, interrupted=False, front=FrontSummary.of(points, files, uri))
+    return SearchOutcome(search_dir, interrupted=False,
+                         front=FrontSummary.of(points, files, uri, clean_metric=config.search.clean_metric))
 
 
 def resume(search_dir: str | os.PathLike[str], *, address: str | None = None, tracking_uri: str | None = None,
@@ -175,7 +202,7 @@ def resume(search_dir: str | os.PathLike[str], *, address: str | None = None, tr
     scfg = state.search
     uri = tracking_uri or state.tracking_uri
     cache_path = str(cache) if cache is not None else state.cache_dir
-    AttackResources(Path(cache_path), state.resource_overrides).require(scfg.attack.recipe)
+    require_recipes(AttackResources(Path(cache_path), state.resource_overrides), scfg)
     check_splits(scfg)
     check_reachable(uri)
     with _cluster_for(scfg, address):
@@ -190,18 +217,22 @@ def resume(search_dir: str | os.PathLike[str], *, address: str | None = None, tr
         if stopped_early(grid, scfg.search.num_samples):
             return SearchOutcome(folder, interrupted=True)
         points, files = finish_search(scfg, folder, uri)
-    return SearchOutcome(folder, interrupted=False, front=FrontSummary.of(points, files, uri))
+    return SearchOutcome(folder, interrupted=False,
+                         front=FrontSummary.of(points, files, uri, clean_metric=scfg.search.clean_metric))
 
 
 def pareto(search_dir: str | os.PathLike[str]) -> FrontSummary:
     """The front of a search's finished trials again, its CSV/PNG/HTML rewritten."""
     from distat.search.driver import PARETO_DIR, trial_points
+    from distat.search.space import clean_floor
     from distat.search.state import SearchState
     from distat.tracking.pareto import write_artifacts
 
     folder = fs_path(search_dir, "search folder").resolve()
     state = SearchState.load(folder)
-    points = trial_points(folder, state.search.search.clean_acc_floor, state.search)
+    points = trial_points(folder, clean_floor(state.search), state.search)
     if not points:
         raise DistatError(f"{folder}: no finished trial yet")
-    return FrontSummary.of(points, write_artifacts(points, folder / PARETO_DIR), state.tracking_uri)
+    metric = state.search.search.clean_metric
+    return FrontSummary.of(points, write_artifacts(points, folder / PARETO_DIR, clean_metric=metric), state.tracking_uri,
+                           clean_metric=metric)

@@ -88,7 +88,10 @@ class AttackPool:
         return self._ray.get([a.pid.remote() for a in self.actors])
 
     def run(self, examples: Sequence[Example], progress: Callable[[int, int], None] | None = None,
-            shard_size: int | None = None) -> list[AttackRecord]:
+            shard_size: int | None = None,
+            on_records: Callable[[list[AttackRecord]], None] | None = None) -> list[AttackRecord]:
+        """Attack ``examples`` in shards over the actors; ``on_records`` gets each shard's records as it comes back
+        (before ``progress``), so a caller can keep them should this process die before the end."""
         ray = self._ray
         if not examples:
             return []
@@ -123,6 +126,8 @@ class AttackPool:
                 if r.index in done:
                     raise RuntimeError(f"example {r.index} attacked twice")
                 done[r.index] = r
+            if on_records is not None:
+                on_records(records)
             where = ray.get(self._where[slot])  # already resolved: the actor ran `where` before the shard
             self._known[slot] = where
             self.examples_per_node[where["node_id"]] = self.examples_per_node.get(where["node_id"], 0) + len(records)

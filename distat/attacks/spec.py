@@ -45,8 +45,9 @@ from distat.settings import Strict
 if TYPE_CHECKING:
     from distat.attacks.runner import AttackJob, Example
 
-__all__ = ["HASH_KEY", "SPEC_FILE", "ThreatModel", "check_same_spec", "read_spec", "resource_fingerprint",
-           "spec_diff", "spec_hash", "threat_model", "write_spec"]
+__all__ = ["HASH_KEY", "SPEC_FILE", "StaticSetSpec", "ThreatModel", "ThreatSuite", "check_same_spec", "read_spec",
+           "resource_fingerprint", "spec_diff", "spec_file", "spec_hash", "static_set_spec", "threat_model",
+           "write_spec"]
 
 SPEC_FILE = "threat_spec.json"
 """The full spec in a trial (or evaluation) folder."""
@@ -65,7 +66,21 @@ _WORDNET_PARTS = ("wordnet", "stopwords")  # what the recipes read under <nltk_d
 _CHUNK = 1 << 20
 
 
-class ThreatModel(Strict):
+class _Spec(Strict):
+    """A spec: hashed from its canonical JSON."""
+
+    def canonical_json(self) -> str:
+        """The spec as compact JSON with sorted keys and floats rounded to 12 significant digits (a threshold
+        read back from a JSON file or computed as ``0.1 + 0.2`` hashes like the number it stands for)."""
+        return json.dumps(_stable(self.model_dump(mode="json")), sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=True, allow_nan=False)
+
+    @property
+    def hash(self) -> str:
+        return spec_hash(self)
+
+
+class ThreatModel(_Spec):
     """Everything that changes a robust-accuracy number, and nothing else (see the module docstring)."""
 
     spec_version: int = SPEC_VERSION
@@ -93,18 +108,34 @@ class ThreatModel(Strict):
     versions: dict[str, str]
     """distat, TextAttack and the library of each resource the recipe reads."""
 
-    def canonical_json(self) -> str:
-        """The spec as compact JSON with sorted keys and floats rounded to 12 significant digits (a threshold
-        read back from a JSON file or computed as ``0.1 + 0.2`` hashes like the number it stands for)."""
-        return json.dumps(_stable(self.model_dump(mode="json")), sort_keys=True, separators=(",", ":"),
-                          ensure_ascii=True, allow_nan=False)
 
-    @property
-    def hash(self) -> str:
-        return spec_hash(self)
+class StaticSetSpec(_Spec):
+    """A static adversarial set's accuracy (AdvGLUE, an exported set): what changes it is the set's content and
+    how long a text may be; where the file lies and what the user called it do not."""
+
+    spec_version: int = SPEC_VERSION
+    kind: str = "static"
+    examples: int
+    subset_digest: str
+    """hash of the set's texts and labels, in order."""
+    max_length: int
+    versions: dict[str, str]
 
 
-def spec_hash(spec: ThreatModel) -> str:
+class ThreatSuite(_Spec):
+    """The robust objective over several attacks: which attacks (by their specs' hashes) and how they combine
+    (``min``: the worst case; else the one attack named)."""
+
+    spec_version: int = SPEC_VERSION
+    objective: str
+    attacks: dict[str, str]
+    """attack name -> the hash of its :class:`ThreatModel` or :class:`StaticSetSpec`."""
+
+
+AnySpec = ThreatModel | StaticSetSpec | ThreatSuite
+
+
+def spec_hash(spec: _Spec) -> str:
     """The first 10 hex digits of the SHA-256 of ``spec``'s canonical JSON."""
     return hashlib.sha256(spec.canonical_json().encode("ascii")).hexdigest()[:HASH_CHARS]
 
@@ -146,6 +177,15 @@ def threat_model(job: AttackJob, examples: Sequence[Example], *, split: str, n: 
         resources={name: resource_fingerprint(name, getattr(job.resources, name)) for name in needs},
         versions=versions,
     )
+
+
+def static_set_spec(texts: Sequence[tuple[str | None, str]], labels: Sequence[int], *, max_length: int
+                    ) -> StaticSetSpec:
+    """The spec of a static set's accuracy: ``texts`` as (other side of a pair or None, perturbed side)."""
+    rows = [[a, b, int(y)] for (a, b), y in zip(texts, labels, strict=True)]
+    payload = json.dumps(rows, ensure_ascii=True, separators=(",", ":"))
+    return StaticSetSpec(examples=len(rows), subset_digest=hashlib.sha256(payload.encode("ascii")).hexdigest()[:16],
+                         max_length=max_length, versions={"distat": _distat_version()})
 
 
 def subset_digest(examples: Sequence[Example]) -> str:
@@ -250,22 +290,34 @@ def _file_digest(path: Path) -> str:
 # files
 
 
-def write_spec(spec: ThreatModel, folder: Path) -> str:
-    """Write ``folder/threat_spec.json`` (the hash and the spec) atomically; return the hash."""
+def spec_file(name: str | None = None) -> str:
+    """``threat_spec.json`` (the spec behind an evaluation's robust objective), or ``threat_spec.<name>.json``
+    (one attack's of several)."""
+    return SPEC_FILE if name is None else f"threat_spec.{name}.json"
+
+
+def write_spec(spec: _Spec, folder: Path, name: str | None = None) -> str:
+    """Write ``folder/`` :func:`spec_file` ``(name)`` (the hash and the spec) atomically; return the hash."""
     digest = spec.hash
-    write_json(Path(folder) / SPEC_FILE, {HASH_KEY: digest, "spec": spec.model_dump(mode="json")}, sort_keys=True)
+    write_json(Path(folder) / spec_file(name), {HASH_KEY: digest, "spec": spec.model_dump(mode="json")},
+               sort_keys=True)
     return digest
 
 
-def read_spec(folder: Path) -> ThreatModel | None:
+def read_spec(folder: Path, name: str | None = None) -> AnySpec | None:
     """The spec written by :func:`write_spec` in ``folder``; None when there is none (evaluated by an older
     distat); a one-line :class:`DistatError` for a file that is not one."""
-    path = Path(folder) / SPEC_FILE
+    path = Path(folder) / spec_file(name)
     if not path.is_file():
         return None
     try:
-        return ThreatModel.model_validate(json.loads(path.read_text(encoding="utf-8"))["spec"])
-    except (ValueError, KeyError, TypeError) as exc:
+        data = json.loads(path.read_text(encoding="utf-8"))["spec"]
+        if "attacks" in data:
+            return ThreatSuite.model_validate(data)
+        if data.get("kind") == "static":
+            return StaticSetSpec.model_validate(data)
+        return ThreatModel.model_validate(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DistatError(f"{path}: not a threat-model spec ({type(exc).__name__})") from None
 
 
@@ -273,7 +325,7 @@ def read_spec(folder: Path) -> ThreatModel | None:
 # one column, one spec
 
 
-def spec_diff(a: ThreatModel, b: ThreatModel) -> list[tuple[str, Any, Any]]:
+def spec_diff(a: _Spec, b: _Spec) -> list[tuple[str, Any, Any]]:
     """(field, value in ``a``, value in ``b``) for every field that differs, nested ones as ``resources.mlm``."""
     from distat.dicts import flatten
 
@@ -282,7 +334,7 @@ def spec_diff(a: ThreatModel, b: ThreatModel) -> list[tuple[str, Any, Any]]:
             if left.get(key) != right.get(key)]
 
 
-def check_same_spec(hashes_by_source: Mapping[str, str | ThreatModel | None], *, allow_missing: bool = False,
+def check_same_spec(hashes_by_source: Mapping[str, str | _Spec | None], *, allow_missing: bool = False,
                     what: str = "robust accuracies") -> None:
     """Refuse to put ``what`` measured under different threat models in one column.
 
@@ -292,14 +344,14 @@ def check_same_spec(hashes_by_source: Mapping[str, str | ThreatModel | None], *,
     hashes. A source without a hash (None: evaluated before distat recorded specs) is an error too, unless
     ``allow_missing``.
     """
-    reference: tuple[str, str, ThreatModel | None] | None = None
+    reference: tuple[str, str, _Spec | None] | None = None
     for source, given in hashes_by_source.items():
         if given is None:
             if allow_missing:
                 continue
             raise DistatError(f"{what}: {source} carries no threat-model spec hash (evaluated by an older distat?), "
                               "so it cannot share a column with the others; evaluate it again")
-        spec = given if isinstance(given, ThreatModel) else None
+        spec = given if isinstance(given, _Spec) else None
         digest = spec.hash if spec is not None else str(given)
         if reference is None:
             reference = (source, digest, spec)

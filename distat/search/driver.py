@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from distat.errors import DistatError, first_line
-from distat.search.space import OBJECTIVES, SearchConfig
+from distat.search.space import SearchConfig, clean_floor
 from distat.search.state import (
     STATE_FILE,
     TRIALS_DIR,
@@ -53,8 +53,8 @@ class SearchSpace:
 def _searcher(scfg: SearchConfig, points_to_evaluate: list[dict[str, Any]] | None = None) -> Any:
     from distat.search.searcher import build_searcher
 
-    return build_searcher(SearchSpace(scfg), list(OBJECTIVES), seed=scfg.seed,
-                          clean_acc_floor=scfg.search.clean_acc_floor, points_to_evaluate=points_to_evaluate)
+    return build_searcher(SearchSpace(scfg), list(scfg.search.objectives), seed=scfg.seed,
+                          clean_acc_floor=clean_floor(scfg), points_to_evaluate=points_to_evaluate)
 
 
 class TrialConfigOf:
@@ -213,7 +213,8 @@ def stopped_early(grid: Any, num_samples: int) -> bool:
     return len(grid) < num_samples or grid.num_terminated + grid.num_errors < len(grid)
 
 
-_EXTRA_PREFIXES = ("attack_", "perturbed", "avg_queries", "robust_acc_", "static_", "victim_", "ada_")
+_EXTRA_PREFIXES = ("attack_", "perturbed", "avg_queries", "robust_acc_", "robust_acc.", "static_", "victim_", "ada_",
+                   "macro_f1", "balanced_acc", "majority_rate", "robust_macro_f1", "robust_balanced_acc")
 
 
 def trial_points(search_dir: Path, clean_acc_floor: float | None = None,
@@ -228,6 +229,7 @@ def trial_points(search_dir: Path, clean_acc_floor: float | None = None,
     from distat.tracking.pareto import TrialPoint
 
     finished = finished_trials(search_dir).values()
+    clean_metric = scfg.search.clean_metric if scfg is not None else "clean_acc"
     # one column per objective: numbers measured under different threat models (a resource rebuilt between a
     # driver kill and `distat resume`, a searched data.path) must not share it; trials from before specs were
     # recorded, and diverged ones (never attacked), are left out of the check
@@ -237,11 +239,16 @@ def trial_points(search_dir: Path, clean_acc_floor: float | None = None,
     for result in finished:
         m = result.metrics
         intervals = _intervals(m, result.train)
+        if clean_metric != "clean_acc":  # the clean objective is a score without a count behind it: no interval
+            intervals.pop("clean_acc", None)
         # bounds recorded at attack time are columns of the intervals now (the objectives' always are)
-        covered = {f"{name}{end}" for name in {*intervals, *FRONT_OBJECTIVES} for end in ("_lo", "_hi")}
+        covered = {f"{name}{end}" for name in {*intervals, *FRONT_OBJECTIVES} for end in ("_lo", "_hi", "_n")}
         extra = {k: float(v) for k, v in m.items()
-                 if k.startswith(_EXTRA_PREFIXES) and isinstance(v, (int, float)) and k not in covered}
-        points.append(TrialPoint(trial_id=result.trial_id, clean_acc=float(m.get("clean_acc", math.nan)),
+                 if k.startswith(_EXTRA_PREFIXES) and isinstance(v, (int, float)) and k not in covered
+                 and k != clean_metric}
+        if clean_metric != "clean_acc" and isinstance(m.get("clean_acc"), (int, float)):
+            extra["clean_acc"] = float(m["clean_acc"])  # beside the clean objective, and what the floor reads
+        points.append(TrialPoint(trial_id=result.trial_id, clean_acc=float(m.get(clean_metric, math.nan)),
                                  robust_acc=float(m.get("robust_acc", math.nan)), params=result.params,
                                  diverged=bool(m.get("diverged", 0.0)), extra=extra,
                                  infeasible=clean_acc_floor is not None
@@ -259,7 +266,9 @@ def _intervals(metrics: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]
     from distat.attacks.metrics import wilson_interval
     from distat.tracking.pareto import Interval
 
-    counts = {"clean_acc": train.get("dev_n"), "robust_acc": metrics.get("n"), "attack_clean_acc": metrics.get("n")}
+    # robust_acc_n: the objective's count (a static set's size when that is the worst case), else the subset's
+    counts = {"clean_acc": train.get("dev_n"), "robust_acc": metrics.get("robust_acc_n", metrics.get("n")),
+              "attack_clean_acc": metrics.get("n")}
     out = {}
     for name, n in counts.items():
         acc = metrics.get(name)
@@ -300,8 +309,8 @@ def finish_search(scfg: SearchConfig, search_dir: Path, tracking_uri: str) -> tu
     from distat.tracking.mlflow import Tracker, redact
     from distat.tracking.pareto import write_artifacts
 
-    points = trial_points(search_dir, scfg.search.clean_acc_floor, scfg)
-    files = write_artifacts(points, search_dir / PARETO_DIR)
+    points = trial_points(search_dir, clean_floor(scfg), scfg)
+    files = write_artifacts(points, search_dir / PARETO_DIR, clean_metric=scfg.search.clean_metric)
     try:
         tracker = Tracker(tracking_uri, scfg.name, search_dir)
         tracker.close_stray_children({p.trial_id for p in points})

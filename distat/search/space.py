@@ -65,9 +65,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALIASES",
+    "CLEAN_METRICS",
     "OBJECTIVES",
     "AttackOptionSettings",
     "AttackSettings",
+    "RecipeSettings",
+    "StaticSetSettings",
+    "TestStageSettings",
     "ParamSpec",
     "ResourceSettings",
     "SearchConfig",
@@ -111,7 +115,9 @@ ALIASES: dict[str, str | None] = {
 #: Targets where the categorical value ``auto`` stands for None (the method's own default).
 AUTO_IS_NONE = frozenset({"method.beta"})
 
-OBJECTIVES = ("clean_acc", "robust_acc")  # both maximised
+OBJECTIVES = ("clean_acc", "robust_acc")  # both maximised: the default objectives
+#: What the clean objective may be: accuracy, or for imbalanced data a score the majority class cannot game.
+CLEAN_METRICS = ("clean_acc", "macro_f1", "balanced_acc")
 
 _NOT_SEARCHABLE = {
     "output_dir": "output_dir is set by the search (one folder per trial)",
@@ -440,17 +446,98 @@ class AttackOptionSettings(Strict):
     def to_options(self) -> AttackOptions:
         return AttackOptions(**self.model_dump())
 
+    def over(self, shared: AttackOptionSettings) -> AttackOptionSettings:
+        """These options where set, ``shared``'s elsewhere (a recipe's own options over the attack's common ones)."""
+        mine = self.model_dump(exclude_none=True)
+        return AttackOptionSettings(**{**shared.model_dump(), **mine})
+
+
+_ATTACK_NAME_RE = re.compile(r"[a-z][a-z0-9_]*")
+_RESERVED_NAMES = {"min": "the worst-case objective", "clean": "the report's clean column",
+                   "objective": "the report's objective column"}
+
+
+def _attack_name(value: str) -> str:
+    if not _ATTACK_NAME_RE.fullmatch(value):
+        raise ValueError(f"{value!r}: an attack's name is a metric suffix: lower-case letters, digits and '_', "
+                         "starting with a letter")
+    if value in _RESERVED_NAMES:
+        raise ValueError(f"{value!r} is reserved ({_RESERVED_NAMES[value]})")
+    return value
+
+
+class RecipeSettings(Strict):
+    """One attack recipe of the list, with its own options over the attack's common ``options``. A bare string
+    in the YAML (``- bae``) is the recipe with the common options."""
+
+    recipe: str
+    name: str | None = None  # the metric suffix (robust_acc.<name>); default: the recipe; needed for a repeat
+    options: AttackOptionSettings = AttackOptionSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare(cls, data: Any) -> Any:
+        return {"recipe": data} if isinstance(data, str) else data
+
+    @field_validator("recipe")
+    @classmethod
+    def _recipe(cls, value: str) -> str:
+        if value not in RECIPES:
+            raise ValueError(f"unknown attack recipe {value!r} (choose from {', '.join(RECIPES)})")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        return None if value is None else _attack_name(value)
+
+    @property
+    def key(self) -> str:
+        return self.name or self.recipe
+
+
+class StaticSetSettings(Strict):
+    """A saved adversarial set every evaluated model is scored on (AdvGLUE, or one exported by ``distat attack
+    --export``): a split file, or a dataset folder with ``split``. Relative paths are taken from the current
+    directory when the search is loaded."""
+
+    name: str  # the metric suffix: robust_acc.<name>
+    path: str
+    split: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _attack_name(value)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        path = Path(os.path.expanduser(value))
+        if not path.exists():
+            raise ValueError(f"{value}: no such file or folder")
+        return str(path.resolve())
+
+
+WORST_CASE = "min"
+
 
 class AttackSettings(Strict):
-    """Robust evaluation of each trial's own model after training, on a fixed seeded dev subset."""
+    """Robust evaluation of each trial's own model after training, on a fixed seeded dev subset: one or several
+    recipes (``recipe``, or a list in ``recipes``) and static sets; the search's robust objective is one named
+    attack's robust accuracy or the worst case over all of them (``objective: min``, the default)."""
 
-    recipe: str = "textfooler"  # one of distat.attacks.recipes.RECIPES
+    recipe: str | None = None  # one recipe (shorthand for recipes: [<recipe>]); the default is textfooler
+    recipes: tuple[RecipeSettings, ...] = ()
+    static_sets: tuple[StaticSetSettings, ...] = ()
+    objective: str = WORST_CASE  # `min` over every recipe and static set, or one of their names
     n: StrictInt = Field(default=100, ge=1)  # examples attacked (the same subset for every trial)
     split: str = "dev"  # the trial's data.dev_split; the objectives never look at test
+    stratify: StrictBool = False  # a label-balanced subset: a minority class is attacked as often as the others
     actors: StrictInt = Field(default=1, ge=0)  # Ray attack actors; 0 = attack inside the trial
     cpus_per_actor: Number = Field(default=1.0, gt=0)
     gpus_per_actor: Number = Field(default=0.0, ge=0)
-    options: AttackOptionSettings = AttackOptionSettings()
+    options: AttackOptionSettings = AttackOptionSettings()  # common to every recipe (a recipe's own win)
     # also score every trial on the ADA victim's adversarial examples of the same subset (static evaluation,
     # AMDA's Table 1), logged as static_robust_acc next to the targeted robust_acc
     static: StrictBool = False
@@ -463,10 +550,26 @@ class AttackSettings(Strict):
         Ray task: not from inside a worker holding the trial's CPUs."""
         return self.actors == 0 and not self.static
 
+    @property
+    def attacks(self) -> list[RecipeSettings]:
+        """The recipes in order, each with its options resolved over the common ones."""
+        listed = self.recipes or (RecipeSettings(recipe=self.recipe or "textfooler"),)
+        return [r.model_copy(update={"options": r.options.over(self.options)}) for r in listed]
+
+    @property
+    def names(self) -> list[str]:
+        """Every robust-accuracy column of an evaluation: the recipes', then the static sets'."""
+        return [r.key for r in self.attacks] + [s.name for s in self.static_sets]
+
+    @property
+    def recipe_names(self) -> list[str]:
+        """The recipes, once each (what the attack resources must hold)."""
+        return list(dict.fromkeys(r.recipe for r in self.attacks))
+
     @field_validator("recipe")
     @classmethod
-    def _recipe(cls, value: str) -> str:
-        if value not in RECIPES:
+    def _recipe(cls, value: str | None) -> str | None:
+        if value is not None and value not in RECIPES:
             raise ValueError(f"unknown attack recipe {value!r} (choose from {', '.join(RECIPES)})")
         return value
 
@@ -475,7 +578,7 @@ class AttackSettings(Strict):
     def _dev(cls, value: str) -> str:
         if value != "dev":
             raise ValueError(f"the search's objectives are measured on the dev split, not {value!r} "
-                             "(test is for the final report)")
+                             "(test is for the test stage: `distat evaluate`)")
         return value
 
     @field_validator("gpus_per_actor")
@@ -483,14 +586,68 @@ class AttackSettings(Strict):
     def _gpus(cls, value: float) -> float:
         return _whole_above_one(value)
 
+    @model_validator(mode="after")
+    def _names(self) -> AttackSettings:
+        if self.recipe is not None and self.recipes:
+            raise KeyedError(("recipes",), "give one recipe (recipe:) or a list (recipes:), not both")
+        names = self.names
+        for name in names:
+            if names.count(name) > 1:
+                raise KeyedError(("recipes",), f"two attacks are named {name!r}: give one of them a name: "
+                                               "(the suffix of its metrics)")
+        if self.objective != WORST_CASE and self.objective not in names:
+            raise KeyedError(("objective",), f"{self.objective!r} is none of the attacks ({', '.join(names)}); "
+                                             f"name one, or {WORST_CASE} for the worst case over all")
+        return self
+
+
+class TestStageSettings(Strict):
+    """The test stage (``distat evaluate <search dir>``, or after the search with ``after_search: true``): the
+    front's feasible trials, the best of each method and any ``trials`` named, re-evaluated on the test split
+    with every attack of ``attack`` (or ``recipes`` / ``static_sets`` given here) on a large seeded subset,
+    the same examples for every trial."""
+
+    split: str = "test"
+    n: StrictInt | None = Field(default=1000, ge=1)  # a cap on the attacked examples; null = the whole split
+    seed: StrictInt | None = None  # the subset's seed; null = the search's
+    recipes: tuple[RecipeSettings, ...] | None = None  # null = attack's list
+    static_sets: tuple[StaticSetSettings, ...] | None = None  # null = attack's
+    trials: tuple[str, ...] = ()  # trial ids evaluated besides the front
+    best_per_method: StrictBool = True  # also each method's best feasible trial (the report's rows)
+    after_search: StrictBool = False  # run it when the search ends
+
+    @field_validator("split")
+    @classmethod
+    def _not_dev(cls, value: str) -> str:
+        if value in ("dev", "train"):
+            raise ValueError(f"the test stage measures held-out data, not the {value} split")
+        return value
+
+    def attack(self, att: AttackSettings) -> AttackSettings:
+        """The attack settings of the test stage: ``att`` with this stage's recipes and static sets (an objective
+        naming an attack the stage drops becomes the worst case)."""
+        data = att.model_dump()
+        if self.recipes is not None:
+            data.update(recipe=None, recipes=[r.model_dump() for r in self.recipes])
+        if self.static_sets is not None:
+            data["static_sets"] = [s.model_dump() for s in self.static_sets]
+        names = [r.get("name") or r["recipe"] for r in data["recipes"]] or [data["recipe"] or "textfooler"]
+        if data["objective"] not in [*names, *(s["name"] for s in data["static_sets"])]:
+            data["objective"] = WORST_CASE
+        return AttackSettings.model_validate(data)
+
 
 class SearchSettings(Strict):
-    """The Optuna side: how many trials, how many at once, the objectives."""
+    """The Optuna side: how many trials, how many at once, the objectives and the clean floor."""
 
     num_samples: StrictInt = Field(default=4, ge=1)  # trials in total
     max_concurrent: StrictInt = Field(default=1, ge=1)  # trials running at once
-    objectives: tuple[str, ...] = OBJECTIVES  # both maximised; fixed for now
+    # both maximised: a clean score (accuracy; macro-F1 or balanced accuracy for imbalanced data) and robust_acc
+    objectives: tuple[str, ...] = OBJECTIVES
     clean_acc_floor: Number | None = Field(default=None, ge=0, le=1)  # trials below it are infeasible
+    # the floor as a margin over the dev split's majority-class rate (on a 13%-positive set, 0.87 is what
+    # predicting "ham" always scores): clean_acc >= majority rate + this; exclusive with clean_acc_floor
+    clean_acc_over_majority: Number | None = Field(default=None, ge=0, le=1)
     # parameter values (by name) that the first trials run, in order, before the sampler suggests anything:
     # a paper table's fixed rows, or known-good settings; the parameters a point leaves out are sampled
     points: tuple[dict[str, Any], ...] = ()
@@ -498,9 +655,22 @@ class SearchSettings(Strict):
     @field_validator("objectives")
     @classmethod
     def _objectives(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if sorted(value) != sorted(OBJECTIVES):
-            raise ValueError(f"must be [{', '.join(OBJECTIVES)}] (both maximised), got [{', '.join(value)}]")
+        clean = [v for v in value if v in CLEAN_METRICS]
+        if len(value) != 2 or "robust_acc" not in value or len(clean) != 1:
+            raise ValueError(f"must be [<clean>, robust_acc] (both maximised; <clean> one of "
+                             f"{', '.join(CLEAN_METRICS)}), got [{', '.join(value)}]")
         return value
+
+    @model_validator(mode="after")
+    def _one_floor(self) -> SearchSettings:
+        if self.clean_acc_floor is not None and self.clean_acc_over_majority is not None:
+            raise KeyedError(("clean_acc_over_majority",), "give clean_acc_floor or clean_acc_over_majority, not both")
+        return self
+
+    @property
+    def clean_metric(self) -> str:
+        """The clean objective: ``clean_acc``, ``macro_f1`` or ``balanced_acc``."""
+        return next(v for v in self.objectives if v in CLEAN_METRICS)
 
     @property
     def modes(self) -> list[str]:
@@ -560,6 +730,7 @@ class SearchConfig(Strict):
     seed: StrictInt = 0  # Optuna's sampler and the attacked dev subset (each trial trains with trial.seed)
     trial: dict[str, Any] = Field(default_factory=dict)
     attack: AttackSettings = AttackSettings()
+    evaluate: TestStageSettings = TestStageSettings()  # the test stage: `distat evaluate <search dir>`
     search: SearchSettings = SearchSettings()
     resources: ResourceSettings = ResourceSettings()
     params: dict[str, ParamSpec]
@@ -953,11 +1124,57 @@ def noise_lines(n: int, what: str = "attacked examples") -> list[str]:
     return lines
 
 
+@functools.lru_cache(maxsize=16)
+def _majority_rate(trial_json: str) -> float:
+    from distat.scores import score_predictions
+    from distat.training import load_splits
+
+    cfg = TrialConfig.model_validate_json(trial_json)
+    _, _, dev = load_splits(cfg)
+    labels = list(dev.labels)
+    return score_predictions(labels, labels, max(labels, default=0) + 1).majority_rate
+
+
+def majority_rate(cfg: SearchConfig) -> float:
+    """The majority-class rate of the dev rows every trial is scored on (what always predicting the most
+    frequent class scores)."""
+    return _majority_rate(cfg.base_trial().model_dump_json())
+
+
+def clean_floor(cfg: SearchConfig) -> float | None:
+    """The clean-accuracy floor in force: ``search.clean_acc_floor``, or the dev split's majority-class rate plus
+    ``search.clean_acc_over_majority`` (capped at 1); None without either."""
+    s = cfg.search
+    if s.clean_acc_over_majority is None:
+        return s.clean_acc_floor
+    return min(1.0, majority_rate(cfg) + s.clean_acc_over_majority)
+
+
+def _floor_text(cfg: SearchConfig) -> str:
+    s = cfg.search
+    if s.clean_acc_over_majority is not None:
+        rate = majority_rate(cfg)
+        return (f", infeasible below clean_acc {_fmt(round(clean_floor(cfg) or 0.0, 4))} (the dev majority-class "
+                f"rate {rate:.3f} + {_fmt(s.clean_acc_over_majority)})")
+    if s.clean_acc_floor is not None:
+        return f", infeasible below clean_acc {_fmt(s.clean_acc_floor)}"
+    return ""
+
+
+def _attack_list(a: AttackSettings) -> str:
+    """``textfooler, bae + static advglue; objective: the worst case`` (one attack: its name)."""
+    names = [r.key if r.key == r.recipe else f"{r.key} ({r.recipe})" for r in a.attacks]
+    text = ", ".join(names) + ("".join(f" + static {s.name}" for s in a.static_sets))
+    if len(a.names) > 1:
+        text += "; objective: " + ("the worst case (min)" if a.objective == WORST_CASE else a.objective)
+    return text
+
+
 def describe(cfg: SearchConfig) -> str:
     """A short human summary of a search, several lines."""
     t = cfg.base_trial()
     s, a, r = cfg.search, cfg.attack, cfg.resources
-    floor = f", infeasible below clean_acc {_fmt(s.clean_acc_floor)}" if s.clean_acc_floor is not None else ""
+    floor = _floor_text(cfg)
     limits = [f"{k} {v}" for k, v in (("train ≤", t.data.max_train_examples), ("dev ≤", t.data.max_dev_examples))
               if v is not None]
     dev = describe_dev(t.data)  # a carved or stand-in dev split, said before the search starts
@@ -976,7 +1193,7 @@ def describe(cfg: SearchConfig) -> str:
         f"maximise {' and '.join(s.objectives)}{floor}",
         f"trial: {t.method.label} on {t.data.path} ({data}), backbone {t.model.backbone}, "
         f"{t.train.epochs} epoch(s), batch {t.train.batch_size}, lr {_fmt(t.train.lr)}, seed {t.seed}",
-        f"attack: {a.recipe} on {a.n} {a.split} examples, {where}"
+        f"attack: {_attack_list(a)} on {a.n} {a.split} examples{' (label-balanced)' if a.stratify else ''}, {where}"
         + (" (+ static evaluation on the ADA victim's examples)" if a.static else ""),
         *noise_lines(a.n),
         *([f"ADA: {t.augment.recipe} examples of the training set, one pool for ratio "

@@ -93,6 +93,9 @@ def run_trial(config: dict[str, Any], state: SearchState) -> None:
                              "epoch": float(train_metrics.get("epoch", 0.0)),
                              "diverged": float(train_metrics.get("diverged", 0.0)), "phase": "final",
                              "trial_dir": str(out)}
+    for key in ("macro_f1", "balanced_acc", "majority_rate"):  # the clean scores of imbalanced data
+        if key in train_metrics:
+            final[key] = float(train_metrics[key])
     if "ada_examples" in ada:
         final["ada_examples"] = ada["ada_examples"]
     # where the trial ran ("where did my trial run?"): its Train workers (every start, restarts included)

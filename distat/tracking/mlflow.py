@@ -30,6 +30,7 @@ TAG_SEARCH = "distat.search_dir"
 TAG_TRIAL = "distat.trial_id"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_SPEC = "distat.threat_spec_hash"  # the hash of the attack settings behind a run's robust metrics
+_SPEC_KEY = TAG_SPEC.removeprefix("distat.")
 _SKIP_PARAMS = {"__distat__"}
 _PARAMS_PER_BATCH = 100  # MLflow's limit of params in one log_batch call
 # the packages whose versions shape a trained model or a robust-accuracy number
@@ -62,6 +63,18 @@ def is_secret_name(name: str) -> bool:
     words = [w for w in _WORD_SPLIT.split(name.lower()) if w]
     return any(w in _SECRET_WORDS or any(p in w for p in _SECRET_PARTS) or w.endswith(_SECRET_ENDINGS)
                for w in words)
+
+
+def result_tags(result: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """The tags of a result's string values: ``distat.threat_spec_hash`` (the objective's spec),
+    ``distat.threat_spec_hash.<attack>`` per attack and ``distat.robust_attack`` (the attack behind a worst-case
+    objective); ``prefix`` is a stage's metric prefix (``test_``)."""
+    out = {}
+    for key, value in result.items():
+        bare = key.removeprefix(prefix) if prefix and key.startswith(prefix) else (None if prefix else key)
+        if isinstance(value, str) and bare is not None and (bare.startswith(_SPEC_KEY) or bare == "robust_attack"):
+            out[f"distat.{key}"] = value
+    return out
 
 
 def redact(text: str) -> str:
@@ -172,6 +185,11 @@ class Tracker:
         searched ones) and a readable run name (``<method> <trial id>``)."""
         self.log_params(run_id, {"trial": config})
         self.client.set_tag(run_id, "mlflow.runName", name)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int, timestamp_ms: int | None = None) -> None:
         """Log numeric, finite ``metrics`` at ``step``, stamped ``timestamp_ms`` (default: now)."""
@@ -323,9 +341,9 @@ class MLflowTrialCallback(Callback):
         metrics = {k: v for k, v in result.items() if k not in _TUNE_BOOKKEEPING}
         stamp = int(time.time() * 1000)  # when it happened, even if sent later
         self._submit(trial.trial_id, lambda: self.tracker.log_metrics(self._run(trial), metrics, step, stamp))
-        spec = result.get(TAG_SPEC.removeprefix("distat."))
-        if isinstance(spec, str):  # the threat model the robust numbers were measured under (a string: a tag)
-            self._submit(trial.trial_id, lambda: self.tracker.client.set_tag(self._run(trial), TAG_SPEC, spec))
+        tags = result_tags(result)
+        if tags:  # the threat models the robust numbers were measured under (strings: tags)
+            self._submit(trial.trial_id, lambda: self.tracker.set_tags(self._run(trial), tags))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._submit(trial.trial_id, lambda: self.tracker.finish(self._run(trial), "FINISHED"))

@@ -1,11 +1,20 @@
-"""The Pareto front of a search's trials over (clean accuracy, robust accuracy), both maximised.
+"""The Pareto front of a search's trials over the clean objective (clean accuracy by default) and robust
+accuracy, both maximised.
+
+A search may maximise another clean metric instead (:data:`CLEAN_METRICS`: ``macro_f1`` or ``balanced_acc``,
+for imbalanced data where the majority class alone scores a high accuracy). Its value is
+:attr:`TrialPoint.clean_acc` whatever the metric (the field keeps its name: it is "the clean objective"), and
+the interval keyed ``clean_acc`` is that objective's; what the metric changes is what a user reads: the table's
+columns are named after it (``macro_f1``, ``macro_f1_lo``...) and the plots and tooltips use its label
+(``macro-F1``). The floor that makes a trial infeasible is on clean accuracy whatever the objective, and is
+worded so.
 
 A trial is a :class:`TrialPoint`. Point ``p`` *dominates* ``q`` when ``p`` is at least as good as ``q`` in
 both objectives and strictly better in at least one; the front is the set of points no other point dominates.
 Consequences worth stating:
 
 * identical points do not dominate each other, so duplicates are all on the front;
-* of two points with the same clean accuracy only the one with the higher robust accuracy is on the front
+* of two points with the same clean objective only the one with the higher robust accuracy is on the front
   (and the same with the roles swapped);
 * diverged trials and points whose objectives are not finite (NaN, ±inf) are never on the front and never
   dominate anything: a trial that blew up must not hide a real one;
@@ -15,7 +24,8 @@ Consequences worth stating:
 
 Accuracies are measured on finite samples (a few hundred dev examples, often a few dozen attacked ones), so a
 point may carry a 95% :class:`Interval` (Wilson score, computed by the caller from the counts behind the
-accuracy: :func:`distat.attacks.metrics.wilson_interval`) for each accuracy, keyed by metric name. A point off the
+accuracy: :func:`distat.attacks.metrics.wilson_interval`) for each accuracy, keyed by metric name (the clean
+objective's under ``clean_acc``, whichever metric it is; none where it has no such interval). A point off the
 front is **within noise** of a front member when it has both objectives' intervals, so does the member, and its
 clean interval overlaps the member's clean interval *and* its robust interval overlaps the member's robust
 interval (closed intervals: touching counts). Such a trial is not shown as plainly dominated: the data cannot
@@ -49,12 +59,16 @@ from distat.atomic import atomic_file, write_text
 from distat.dicts import flatten
 
 __all__ = [
+    "CLEAN_METRICS",
     "DIVERGED_COLOR",
     "DOMINATED_COLOR",
     "FRONT_COLOR",
     "WITHIN_NOISE_COLOR",
+    "BEST_RULE",
     "Interval",
     "TrialPoint",
+    "best_per_method",
+    "clean_label",
     "front_table",
     "hypervolume",
     "non_dominated",
@@ -71,13 +85,35 @@ DOMINATED_COLOR = "#b3b3b3"
 DIVERGED_COLOR = "#7f7f7f"
 WITHIN_NOISE_COLOR = "#ff7f0e"
 DEFAULT_TITLE = "Pareto front: clean vs robust accuracy"
-OBJECTIVES = ("clean_acc", "robust_acc")
+OBJECTIVES = ("clean_acc", "robust_acc")  # the fields of a point (and keys of its objectives' intervals)
+CLEAN_METRICS = {"clean_acc": "clean accuracy", "macro_f1": "macro-F1", "balanced_acc": "balanced accuracy"}
+"""The clean objectives a search may maximise, metric name -> the label plots and tables show for it."""
 _CI_SUFFIXES = ("_lo", "_hi", "_n")
-_CORE_COLUMNS = (
-    "trial_id", "method",
-    *(f"{name}{suffix}" for name in OBJECTIVES for suffix in ("", *_CI_SUFFIXES)),
-    "on_front", "within_noise", "within_noise_of", "diverged", "infeasible",
-)
+
+
+def clean_label(clean_metric: str) -> str:
+    """The label of a clean objective (:data:`CLEAN_METRICS`); ValueError naming the known ones otherwise."""
+    try:
+        return CLEAN_METRICS[clean_metric]
+    except KeyError:
+        raise ValueError(f"unknown clean objective {clean_metric!r}: expected one of {', '.join(CLEAN_METRICS)}") \
+            from None
+
+
+def _core_columns(clean_metric: str) -> tuple[str, ...]:
+    """The table's fixed columns, the clean objective's named after its metric."""
+    names = (clean_metric, "robust_acc")
+    return ("trial_id", "method", *(f"{name}{suffix}" for name in names for suffix in ("", *_CI_SUFFIXES)),
+            "on_front", "within_noise", "within_noise_of", "diverged", "infeasible")
+
+
+def _title(title: str | None, clean_metric: str) -> str:
+    """The given title, else the default one for the clean objective (:data:`DEFAULT_TITLE` for accuracy)."""
+    if title is not None:
+        return title
+    label = clean_label(clean_metric)
+    return DEFAULT_TITLE if clean_metric == "clean_acc" else f"Pareto front: {label} vs robust accuracy"
+
 
 
 @dataclass(frozen=True)
@@ -106,7 +142,8 @@ class Interval:
 class TrialPoint:
     """One finished (or diverged) trial: its two objectives, the searched values and extra metrics, its AT
     method's label (None when unknown) and the 95% interval of each accuracy whose count is known, by metric
-    name (``clean_acc``, ``robust_acc`` or an extra's name)."""
+    name (``clean_acc``, ``robust_acc`` or an extra's name). ``clean_acc`` is the clean objective, whichever
+    metric the search maximises (module docstring), and so is the interval keyed ``clean_acc``."""
 
     trial_id: str
     clean_acc: float
@@ -147,6 +184,25 @@ def _as_float(value: Any) -> float:
     if value is None:
         return math.nan
     return float(value)
+
+
+BEST_RULE = ("each method's best trial on the search's own (dev) numbers: the feasible trial with the highest robust "
+             "objective, ties broken by clean accuracy")
+"""How :func:`best_per_method` chooses, in words (a report states it under its table)."""
+
+
+def best_per_method(points: Sequence[TrialPoint]) -> dict[str, TrialPoint]:
+    """Method label -> its best trial by :data:`BEST_RULE`, among the points that take part in the front
+    (:attr:`TrialPoint.valid`); methods in order of their best trial's robust accuracy, highest first. The choice
+    reads dev numbers only, so a test-split table built on it is not selected on test."""
+    best: dict[str, TrialPoint] = {}
+    for p in points:
+        if not p.valid or p.method is None:
+            continue
+        held = best.get(p.method)
+        if held is None or (p.robust_acc, p.clean_acc, held.trial_id) > (held.robust_acc, held.clean_acc, p.trial_id):
+            best[p.method] = p
+    return dict(sorted(best.items(), key=lambda kv: (-kv[1].robust_acc, -kv[1].clean_acc, kv[0])))
 
 
 def non_dominated(points: Sequence[TrialPoint]) -> list[bool]:
@@ -223,14 +279,18 @@ def hypervolume(points: Sequence[TrialPoint], reference: tuple[float, float] = (
     return area
 
 
-def front_table(points: Sequence[TrialPoint]) -> pd.DataFrame:
+def front_table(points: Sequence[TrialPoint], clean_metric: str = "clean_acc") -> pd.DataFrame:
     """One row per trial: ``trial_id, method``, each objective with its interval (``clean_acc, clean_acc_lo,
-    clean_acc_hi, clean_acc_n``, the same for ``robust_acc``; empty without a count), ``on_front,
+    clean_acc_hi, clean_acc_n``, the same for ``robust_acc``; empty without a count; the clean objective's columns
+    are named after ``clean_metric``: ``macro_f1, macro_f1_lo...``), ``on_front,
     within_noise, within_noise_of`` (the front members' ids, space-separated), ``diverged, infeasible``, then the
     searched values as ``param.<name>`` columns (nested dicts flattened with dots, missing values empty), then
     the extras under their own names, then the intervals of extras (``<name>_lo, _hi, _n``). Rows: the front
-    first, then by robust accuracy descending (NaN last), clean accuracy descending, trial id.
+    first, then by robust accuracy descending (NaN last), clean objective descending, trial id.
     """
+    clean_label(clean_metric)  # an unknown metric is refused, not written as a column
+    core = _core_columns(clean_metric)
+    column_of = {"clean_acc": clean_metric, "robust_acc": "robust_acc"}  # objective -> its column
     flags = non_dominated(points)
     noise = within_noise(points)
     rows: list[dict[str, Any]] = []
@@ -241,7 +301,7 @@ def front_table(points: Sequence[TrialPoint]) -> pd.DataFrame:
         row: dict[str, Any] = {
             "trial_id": point.trial_id,
             "method": point.method,
-            "clean_acc": point.clean_acc,
+            clean_metric: point.clean_acc,
             "robust_acc": point.robust_acc,
             "on_front": on_front,
             "within_noise": bool(peers),
@@ -252,7 +312,7 @@ def front_table(points: Sequence[TrialPoint]) -> pd.DataFrame:
         flat = flatten(point.params, prefix="param.", keep_empty=True)
         param_columns.update(dict.fromkeys(flat))
         for name in point.extra:
-            if name in _CORE_COLUMNS or name.startswith("param."):
+            if name in core or name.startswith("param."):
                 raise ValueError(
                     f"extra metric {name!r} of trial {point.trial_id!r} clashes with a column name"
                 )
@@ -260,8 +320,9 @@ def front_table(points: Sequence[TrialPoint]) -> pd.DataFrame:
         row.update(flat)
         row.update(point.extra)
         for name, ci in point.intervals.items():
-            cells = dict(zip((f"{name}{s}" for s in _CI_SUFFIXES), (ci.lo, ci.hi, ci.n), strict=True))
-            clash = [c for c in cells if name not in OBJECTIVES and (c in _CORE_COLUMNS or c in point.extra)]
+            column = column_of.get(name, name)
+            cells = dict(zip((f"{column}{s}" for s in _CI_SUFFIXES), (ci.lo, ci.hi, ci.n), strict=True))
+            clash = [c for c in cells if name not in OBJECTIVES and (c in core or c in point.extra)]
             if clash:
                 raise ValueError(f"interval column {clash[0]!r} of trial {point.trial_id!r} clashes with a column name")
             if name not in OBJECTIVES:
@@ -270,7 +331,7 @@ def front_table(points: Sequence[TrialPoint]) -> pd.DataFrame:
         rows.append(row)
     # each extra's interval columns together, in the order lo, hi, n
     by_metric = sorted(interval_columns, key=lambda c: (c.rsplit("_", 1)[0], _CI_SUFFIXES.index(f"_{c.rsplit('_', 1)[1]}")))
-    columns = [*_CORE_COLUMNS, *sorted(param_columns), *sorted(extra_columns), *by_metric]
+    columns = [*core, *sorted(param_columns), *sorted(extra_columns), *by_metric]
     table = pd.DataFrame(rows, columns=columns)
     for column in columns:
         if column.endswith("_n") and f"{column.removesuffix('_n')}_lo" in columns:
@@ -278,7 +339,7 @@ def front_table(points: Sequence[TrialPoint]) -> pd.DataFrame:
     if table.empty:
         return table
     table = table.sort_values(
-        ["on_front", "robust_acc", "clean_acc", "trial_id"],
+        ["on_front", "robust_acc", clean_metric, "trial_id"],
         ascending=[False, False, False, True],
         na_position="last",
         kind="mergesort",
@@ -286,11 +347,12 @@ def front_table(points: Sequence[TrialPoint]) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def write_front_csv(points: Sequence[TrialPoint], path: str | Path) -> Path:
+def write_front_csv(points: Sequence[TrialPoint], path: str | Path, clean_metric: str = "clean_acc") -> Path:
     """Write :func:`front_table` as CSV (no index) and return the path."""
     path = Path(path)
+    table = front_table(points, clean_metric)  # before the file: a refused metric leaves no empty file
     with atomic_file(path) as part:
-        front_table(points).to_csv(part, index=False)
+        table.to_csv(part, index=False)
     return path
 
 
@@ -321,14 +383,18 @@ def _error_bars(ax: Any, points: Sequence[TrialPoint], color: str, zorder: int) 
                 fmt="none", ecolor=color, elinewidth=0.9, capsize=2.0, alpha=0.7, zorder=zorder)
 
 
-def plot_png(points: Sequence[TrialPoint], path: str | Path, title: str = DEFAULT_TITLE) -> Path:
+def plot_png(points: Sequence[TrialPoint], path: str | Path, title: str | None = None,
+             clean_metric: str = "clean_acc") -> Path:
     """A PNG scatter of all trials with their 95% intervals as error bars: the front coloured and joined by its
     staircase, trials within noise of the front orange, dominated trials grey, diverged trials (where they have
-    objectives) marked ×; front and within-noise points labelled ``trial (method)`` (up to 15 of each). Uses the
-    Agg canvas directly (no pyplot)."""
+    objectives) marked ×; front and within-noise points labelled ``trial (method)`` (up to 15 of each). The x axis
+    is the clean objective's label; ``title`` defaults to one naming it. Uses the Agg canvas directly (no
+    pyplot)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    label = clean_label(clean_metric)
+    title = _title(title, clean_metric)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     flags = non_dominated(points)
@@ -372,7 +438,7 @@ def plot_png(points: Sequence[TrialPoint], path: str | Path, title: str = DEFAUL
             for p in front:
                 ax.annotate(p.label, (p.clean_acc, p.robust_acc), textcoords="offset points",
                             xytext=(5, 4), fontsize=7, color=FRONT_COLOR)
-    ax.set_xlabel("clean accuracy")
+    ax.set_xlabel(label)
     ax.set_ylabel("robust accuracy")
     ax.set_title(title)
     ax.grid(True, color="#e6e6e6", linewidth=0.8, zorder=0)
@@ -487,7 +553,7 @@ _JS = """
     var method = el.getAttribute("data-method");
     var cleanCi = el.getAttribute("data-clean-ci"), robustCi = el.getAttribute("data-robust-ci");
     var lines = ["trial " + el.getAttribute("data-trial") + (method ? " (" + method + ")" : ""),
-                 "clean accuracy: " + el.getAttribute("data-clean") + (cleanCi ? " " + cleanCi : ""),
+                 "__CLEAN_LABEL__: " + el.getAttribute("data-clean") + (cleanCi ? " " + cleanCi : ""),
                  "robust accuracy: " + el.getAttribute("data-robust") + (robustCi ? " " + robustCi : ""),
                  "status: " + el.getAttribute("data-status")];
     var params = {};
@@ -534,7 +600,7 @@ def _status(point: TrialPoint, on_front: bool, peers: Sequence[str]) -> str:
     return "diverged" if point.diverged else "infeasible" if point.infeasible else "dominated"
 
 
-def _svg(points: Sequence[TrialPoint], flags: Sequence[bool]) -> str:
+def _svg(points: Sequence[TrialPoint], flags: Sequence[bool], label: str) -> str:
     noise = within_noise(points)
     shown = [(p, _status(p, keep, peers)) for p, keep, peers in zip(points, flags, noise, strict=True)
              if p.plottable]
@@ -556,7 +622,7 @@ def _svg(points: Sequence[TrialPoint], flags: Sequence[bool]) -> str:
 
     out = [
         f'<svg id="pareto-plot" width="{_WIDTH}" height="{_HEIGHT}" viewBox="0 0 {_WIDTH} {_HEIGHT}" '
-        'role="img" aria-label="clean accuracy vs robust accuracy of every trial">',
+        f'role="img" aria-label="{_esc(label)} vs robust accuracy of every trial">',
         '<g class="grid">',
     ]
     out += [f'<line x1="{sx(t):.2f}" y1="{top}" x2="{sx(t):.2f}" y2="{bottom}"/>' for t in x_ticks]
@@ -572,7 +638,7 @@ def _svg(points: Sequence[TrialPoint], flags: Sequence[bool]) -> str:
         out.append(f'<line x1="{left - 5}" y1="{sy(t):.2f}" x2="{left}" y2="{sy(t):.2f}"/>')
         out.append(f'<text x="{left - 8}" y="{sy(t) + 4:.2f}" text-anchor="end">{t:g}</text>')
     out.append(f'<text class="axis-label" x="{(left + right) / 2:.2f}" y="{_HEIGHT - 14}" '
-               'text-anchor="middle">clean accuracy</text>')
+               f'text-anchor="middle">{_esc(label)}</text>')
     out.append(f'<text class="axis-label" x="18" y="{(top + bottom) / 2:.2f}" text-anchor="middle" '
                f'transform="rotate(-90 18 {(top + bottom) / 2:.2f})">robust accuracy</text>')
     out.append("</g>")
@@ -607,7 +673,7 @@ def _svg(points: Sequence[TrialPoint], flags: Sequence[bool]) -> str:
         )
         title = "\n".join([
             f"trial {p.label}: {status.replace('-', ' ')}",
-            f"clean accuracy {_fmt(p.clean_acc)} {clean_ci}".rstrip(),
+            f"{label} {_fmt(p.clean_acc)} {clean_ci}".rstrip(),
             f"robust accuracy {_fmt(p.robust_acc)} {robust_ci}".rstrip(),
             *(f"{k} = {v}" for k, v in sorted(params.items())),
         ])
@@ -633,9 +699,10 @@ def _bounds(point: TrialPoint, name: str) -> tuple[float, ...]:
     return () if ci is None else (ci.lo, ci.hi)
 
 
-def _front_html_table(points: Sequence[TrialPoint]) -> str:
+def _front_html_table(points: Sequence[TrialPoint], label: str) -> str:
     """The front (rows ``front-row``), then the trials within noise of it (rows ``noise-row``), each by robust
-    accuracy descending: trial, method, both objectives with their intervals, status, searched values."""
+    accuracy descending: trial, method, both objectives (the clean one headed ``label``) with their intervals,
+    status, searched values."""
     def order(p: TrialPoint) -> tuple[float, float, str]:
         return -p.robust_acc, -p.clean_acc, p.trial_id
 
@@ -645,7 +712,7 @@ def _front_html_table(points: Sequence[TrialPoint]) -> str:
     rows = [(p, "front-row", "Pareto front") for p in front]
     rows += [(p, "noise-row", f"within noise of {', '.join(peers)}") for p, peers in near]
     names = sorted({name for p, _, _ in rows for name in p.params})
-    head = "".join(f"<th>{_esc(n)}</th>" for n in ["trial", "method", "clean accuracy", "95% interval",
+    head = "".join(f"<th>{_esc(n)}</th>" for n in ["trial", "method", label, "95% interval",
                                                     "robust accuracy", "95% interval", "status", *names])
     body = []
     for p, cls, status in rows:
@@ -663,8 +730,12 @@ def _front_html_table(points: Sequence[TrialPoint]) -> str:
     )
 
 
-def plot_html(points: Sequence[TrialPoint], path: str | Path, title: str = DEFAULT_TITLE) -> Path:
-    """Write one self-contained interactive HTML page of the trials (see the module docstring)."""
+def plot_html(points: Sequence[TrialPoint], path: str | Path, title: str | None = None,
+              clean_metric: str = "clean_acc") -> Path:
+    """Write one self-contained interactive HTML page of the trials (see the module docstring); the clean
+    objective is shown under its label (axis, tooltips, table header), ``title`` defaults to one naming it."""
+    label = clean_label(clean_metric)
+    title = _title(title, clean_metric)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     flags = non_dominated(points)
@@ -694,10 +765,11 @@ def plot_html(points: Sequence[TrialPoint], path: str | Path, title: str = DEFAU
         f'<p class="summary">{_esc(summary)}</p>',
         '<label class="toggle"><input type="checkbox" id="show-dominated" checked> show dominated and '
         "diverged trials</label>",
-        _svg(points, flags),
+        _svg(points, flags, label),
         '<div id="pareto-tooltip" role="tooltip"></div>',
-        _front_html_table(points),
-        f"<script>{_JS}</script>",
+        _front_html_table(points, label),
+        # the label is one of CLEAN_METRICS' fixed strings (no quote, no markup): safe inside the script's string
+        f"<script>{_JS.replace('__CLEAN_LABEL__', label)}</script>",
         "</body>",
         "</html>",
         "",
@@ -707,16 +779,18 @@ def plot_html(points: Sequence[TrialPoint], path: str | Path, title: str = DEFAU
 
 
 def write_artifacts(
-    points: Sequence[TrialPoint], folder: str | Path, title: str = DEFAULT_TITLE
+    points: Sequence[TrialPoint], folder: str | Path, title: str | None = None, clean_metric: str = "clean_acc"
 ) -> dict[str, Path]:
-    """Write ``pareto.csv``, ``pareto.png`` and ``pareto.html`` into ``folder``.
+    """Write ``pareto.csv``, ``pareto.png`` and ``pareto.html`` into ``folder``, the clean objective named after
+    ``clean_metric`` (:data:`CLEAN_METRICS`) in each; ``title`` defaults to one naming it.
 
     Returns their paths under the keys ``csv``, ``png`` and ``html``.
     """
+    clean_label(clean_metric)  # refused before any file is written
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     return {
-        "csv": write_front_csv(points, folder / "pareto.csv"),
-        "png": plot_png(points, folder / "pareto.png", title=title),
-        "html": plot_html(points, folder / "pareto.html", title=title),
+        "csv": write_front_csv(points, folder / "pareto.csv", clean_metric),
+        "png": plot_png(points, folder / "pareto.png", title=title, clean_metric=clean_metric),
+        "html": plot_html(points, folder / "pareto.html", title=title, clean_metric=clean_metric),
     }
