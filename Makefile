@@ -4,11 +4,13 @@
 setup:
 	@bash scripts/setup.sh
 
-# the demo search: offline attack resources (built once into ~/.cache/distat), then a 4-trial search
+# the demo search: offline attack resources (built once into ~/.cache/distat), then a 4-trial search and its
+# paper-style table (dev numbers; `distat evaluate runs/demo-search/demo` adds the test split's)
 demo: setup
 	.venv/bin/distat resources build --parts nltk vectors similarity
 	rm -rf runs/demo-search
 	.venv/bin/distat search search_spaces/demo.yaml --storage runs/demo-search
+	.venv/bin/distat report runs/demo-search/demo
 
 test: setup
 	@bash scripts/ensure_chromium.sh

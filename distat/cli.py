@@ -132,6 +132,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         ci = f"  [{rows[key + '_lo']:.3f}, {rows[key + '_hi']:.3f}]" if f"{key}_lo" in rows else ""
         value = int(rows[key]) if key in ("n", "skipped", "failed", "succeeded") else rows[key]
         print(f"{key:<20} {_fmt(value)}{ci}")
+    print(f"{'threat_spec_hash':<20} {outcome.spec.hash}")
     return 0
 
 
@@ -291,6 +292,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(outcome.markdown)
     for kind, path in outcome.files.items():
         print(f"{kind}: {path}")
+    print(f"open it in MLflow: mlflow ui --backend-store-uri {outcome.tracking_uri}")
     return 0
 
 
@@ -371,13 +373,17 @@ def build_parser() -> argparse.ArgumentParser:
     resource_flags(p)
     p.set_defaults(func=cmd_search)
 
+    def moved_flags(p: argparse.ArgumentParser, saved: str) -> None:
+        """Where the cluster is, and the tracking server and resource cache if they moved since the search."""
+        p.add_argument("--address", help="an existing Ray cluster, e.g. auto (default: start a local one)")
+        p.add_argument("--tracking-uri", help=f"MLflow tracking URI, if it moved (default: the one the search "
+                                              f"started with{saved})")
+        p.add_argument("--cache-dir", help=f"attack-resource cache, if it moved (default: the one the search "
+                                           f"started with{saved})")
+
     p = sub.add_parser("resume", help="continue a search whose driver stopped (Ctrl-C, SIGKILL, lost node)")
     p.add_argument("search_dir")
-    p.add_argument("--address", help="an existing Ray cluster, e.g. auto (default: start a local one)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI, if it moved (default: the one the search started "
-                                          "with; a new one is saved in the search folder)")
-    p.add_argument("--cache-dir", help="attack-resource cache, if it moved (default: the one the search started "
-                                       "with; a new one is saved in the search folder)")
+    moved_flags(p, "; a new one is saved in the search folder")
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("pareto", help="print a search's Pareto front and rewrite its CSV/PNG/HTML")
@@ -392,9 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-best", action="store_true", help="not each method's best trial, only the front (+ --trial)")
     p.add_argument("--n", type=int, help="attack at most this many test examples (default: evaluate.n)")
     p.add_argument("--all-rows", action="store_true", help="attack every test example (no cap)")
-    p.add_argument("--address", help="an existing Ray cluster, e.g. auto (default: start a local one)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI, if it moved (default: the search's)")
-    p.add_argument("--cache-dir", help="attack-resource cache, if it moved (default: the search's)")
+    moved_flags(p, "")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 

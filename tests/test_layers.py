@@ -52,7 +52,7 @@ LAYERS: list[set[str]] = [
     {"augment", "attacks", "training", "tracking"},
     {"config"},
     {"methods"},
-    {"data", "models", "resources", "settings", "atomic", "errors", "dicts", "scores"},
+    {"data", "models", "resources", "settings", "atomic", "errors", "dicts", "scores", "paired"},
 ]
 SAME_LAYER: dict[str, set[str]] = {
     "augment": {"attacks", "training"},

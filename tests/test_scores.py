@@ -353,3 +353,32 @@ def test_stratified_subset_three_classes_and_pairs():
     # runs out too, and class 0 alone completes the 25
     counts = [sum(e.label == c for e in select_examples(split, 25, seed=0, stratify=True)) for c in range(3)]
     assert counts == [11, 5, 9]
+
+
+# --------------------------------------------------------------------------------------------------
+# paired differences (distat.paired)
+
+
+def test_paired_difference_resolves_what_separate_intervals_cannot():
+    """200 examples where model a is right on 20 more than b and otherwise agrees: the two Wilson intervals
+    overlap, the paired interval does not contain 0."""
+    from distat.attacks.metrics import wilson_interval
+    from distat.paired import paired_difference
+
+    b = [1] * 55 + [0] * 145
+    a = [1] * 75 + [0] * 125  # b's 55 correct plus 20 more
+    lo_a, _ = wilson_interval(75, 200)
+    _, hi_b = wilson_interval(55, 200)
+    assert lo_a < hi_b  # separately: "within noise"
+    d = paired_difference(a, b, seed=1)
+    assert d.diff == pytest.approx(0.1) and d.n == 200 and d.resolved and 0 < d.lo < 0.1 < d.hi
+    assert paired_difference(a, b, seed=1) == d  # seeded
+    same = paired_difference(a, a)
+    assert (same.diff, same.lo, same.hi, same.resolved) == (0.0, 0.0, 0.0, False)
+    # disagreeing both ways as often: not resolved
+    mixed = paired_difference([1, 0] * 50, [0, 1] * 50)
+    assert mixed.lo < 0 < mixed.hi and not mixed.resolved
+    with pytest.raises(ValueError, match="one length"):
+        paired_difference([1, 0], [1])
+    with pytest.raises(ValueError, match="at least one"):
+        paired_difference([], [])

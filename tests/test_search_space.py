@@ -23,6 +23,7 @@ from distat.search.space import (
     apply_params,
     define_by_run,
     describe,
+    interval_half_width,
     load_search_config,
     param_names,
     parse_search_config,
@@ -171,8 +172,11 @@ def test_demo_is_small() -> None:
     assert cfg.search.num_samples <= 4 and cfg.search.max_concurrent == 2
     assert t.data.max_train_examples <= 1000 and t.data.max_length <= 64 and t.train.epochs == 1
     k_max = cfg.params["adv_steps"].bounds[1] if "adv_steps" in cfg.params else t.method.adv_steps
-    assert k_max <= 2 and cfg.attack.n <= 30 and cfg.attack.actors == 1
+    assert k_max <= 2 and cfg.attack.n <= 200 and cfg.attack.actors == 1
     assert not cfg.resources.use_gpu
+    # a real trade-off: both ends of it fixed first, and robust intervals narrow enough to tell them apart
+    assert [p["method"] for p in cfg.search.points] == ["standard", "freelb"]
+    assert interval_half_width(cfg.attack.n) < 0.07
 
 
 # --------------------------------------------------------------------------------------------------

@@ -33,12 +33,13 @@ def mlflow_server(tmp_path_factory):
     server.stop()
 
 
-def _spec(tmp_path: Path, tiny_model_dir: Path, name: str, modify_rate: float = 0.3) -> Path:
+def _spec(tmp_path: Path, tiny_model_dir: Path, name: str, modify_rate: float = 0.3,
+          evaluate: dict | None = None) -> Path:
     return search_yaml(tmp_path, tiny_model_dir, name, num_samples=2, updates={
         "attack": {"recipe": None, "recipes": ["pwws", {"recipe": "textbugger", "options": {"max_candidates": 3}}],
                    "static_sets": [{"name": "advglue", "path": str(shared_data_dir() / "advglue" / "sst2.tsv")}],
                    "options": {"max_modify_rate": modify_rate}, "n": 4, "actors": 0},
-        "evaluate": {"n": TEST_N},
+        "evaluate": evaluate or {"n": TEST_N},
         "search": {"points": [{"method": "pgd"}, {"method": "fgm"}]},  # one trial of each: two report rows
         "trial": {"train": {"epochs": 1}},
     }, params={"method": {"choice": ["pgd", "fgm"]}, "adv_lr": {"loguniform": [0.01, 0.1]}},
@@ -132,16 +133,20 @@ def test_several_attacks_test_stage_and_report(tmp_path, tiny_model_dir, attack_
     some = next(iter(tests.values()))
     assert re.search(rf"(\*\*)?{100 * some['test_robust_acc.advglue']:.1f}(\*\*)? \[", table), table
     assert table.count("| pgd |") == 1 and table.count("| fgm |") == 1
+    # each row against the column's best on the same examples: a paired difference with its bootstrap interval
+    assert re.search(r"paired Δ pwws RA vs (pgd|fgm) \(\w+\), the same examples", table), table
     assert some["test_threat_spec_hash.pwws"] in table
     assert {p.name for p in (search_dir / "report").iterdir()} == {"report.md", "report.csv", "report.tex",
                                                                   "report.html"}
     parent = next(r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags)
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"report.md", "report.tex"}
 
-    # a search that differs only in max_modify_rate: its numbers are of another threat model
-    other = _spec(tmp_path, tiny_model_dir, "multi_mmr", modify_rate=0.1)
+    # a search that differs only in max_modify_rate: its numbers are of another threat model (its test stage runs
+    # when the search ends, as its YAML asks)
+    other = _spec(tmp_path, tiny_model_dir, "multi_mmr", modify_rate=0.1, evaluate={"n": 3, "after_search": True})
     assert main(["search", str(other), "--storage", str(storage), "--tracking-uri", mlflow_server]) == 0
-    capsys.readouterr()
+    assert "test stage: the front and each method's best trial on the test split" in capsys.readouterr().err
+    assert list((storage / "multi_mmr").glob("trials/*/test/metrics.json"))
     assert main(["report", str(search_dir), str(storage / "multi_mmr"), "--split", "dev", "--no-mlflow"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "different threat models" in err and "max_modify_rate 0.3 vs 0.1" in err

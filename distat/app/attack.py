@@ -38,6 +38,7 @@ class AttackOutcome:
     metrics: dict[str, float]  # RobustMetrics.as_dict(): values with _lo/_hi interval bounds
     records: list[Any]
     exported: int | None = None  # adversarial examples written to ``export``
+    spec: Any = None  # the ThreatModel behind the numbers (its .hash: the same as a search's for the same attack)
 
 
 def _check(req: AttackRequest) -> None:
@@ -99,6 +100,9 @@ def attack(req: AttackRequest, where: AttackResources | None = None, *, notify: 
                             query_budget=req.query_budget, sim_threshold=req.sim_threshold)
     job = AttackJob(recipe=req.recipe, resources=paths, options=options, text_fields=ds.text_fields,
                     max_length=req.max_length, seed=req.seed)
+    from distat.attacks.spec import threat_model
+
+    spec = threat_model(job, examples, split=split_name, n=req.n, subset_seed=req.seed)
     shown = req.split if split_name == req.split else f"{req.split} = {split_name}"
     notify(f"distat attack: {req.recipe} on {len(examples)} examples of {req.data}:{shown}, "
            f"{req.actors or 'no'} actor(s)")
@@ -115,7 +119,7 @@ def attack(req: AttackRequest, where: AttackResources | None = None, *, notify: 
         exported = export_adversarial_tsv(records, req.export, text_field=ds.text_fields[-1],
                                           other_field=ds.text_fields[0] if pair else None)
         notify(f"wrote {exported} adversarial examples to {req.export}")
-    return AttackOutcome(metrics=metrics.as_dict(), records=list(records), exported=exported)
+    return AttackOutcome(metrics=metrics.as_dict(), records=list(records), exported=exported, spec=spec)
 
 
 def static(model: str, data: str, split: str | None = None, *, num_labels: int | None = None,

@@ -29,6 +29,7 @@ class ReportOutcome:
     markdown: str
     split: str
     files: dict[str, Path]
+    tracking_uri: str  # where the search's runs are (credentials masked)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -126,6 +127,58 @@ def _spec_of(search: _Search, trial_id: str, split: str, name: str | None, diges
     return spec if spec is not None and spec.hash == digest else digest
 
 
+def _outcomes(search: _Search, trial_id: str, split: str, name: str) -> dict[int, float] | None:
+    """Per attacked example of attack ``name``: 1.0 when the model was still right under attack, by the example's
+    index in the attacked subset; None when the records are not there (a static set, an older result)."""
+    from distat.attacks.metrics import read_records_csv
+    from distat.search.evaluation import attack_stem
+    from distat.search.state import TRIALS_DIR
+    from distat.search.test_stage import STAGE_DIR
+
+    att = search.scfg.evaluate.attack(search.scfg.attack) if split == "test" else search.scfg.attack
+    if name not in [r.key for r in att.attacks]:
+        return None
+    folder = search.folder / TRIALS_DIR / trial_id
+    path = (folder / STAGE_DIR if split == "test" else folder) / f"{attack_stem(att, name)}.csv"
+    if not path.is_file():
+        return None
+    try:
+        return {r.index: float(r.status == "failed") for r in read_records_csv(path)}
+    except DistatError:
+        return None
+
+
+def _paired_notes(searches: list[_Search], split: str, names: list[str], rows: list[Any]) -> list[str]:
+    """Per recipe column: each row's robust accuracy minus the column's best, paired over the same attacked
+    examples (bootstrap 95%): what the data resolves even where two Wilson intervals overlap."""
+    from distat.paired import paired_difference
+
+    row_search = [(s, p.trial_id) for s in searches for p, _ in s.chosen]
+    notes = []
+    for name in names:
+        scores = {i: _outcomes(s, t, split, name) for i, (s, t) in enumerate(row_search)}
+        ranked = [i for i in range(len(rows)) if scores[i] and rows[i].cells.get(name) is not None
+                  and rows[i].cells[name].value is not None]
+        if len(ranked) < 2:
+            continue
+        best = max(ranked, key=lambda i: rows[i].cells[name].value)
+        parts = []
+        for i in ranked:
+            if i == best:
+                continue
+            common = sorted(set(scores[i]) & set(scores[best]))
+            if not common:
+                continue
+            d = paired_difference([scores[i][k] for k in common], [scores[best][k] for k in common])
+            parts.append(f"{rows[i].label} ({rows[i].trial_id}) {d.describe()}" + ("" if d.resolved else " ~"))
+        if parts:
+            notes.append(f"paired Δ {name} RA vs {rows[best].label} ({rows[best].trial_id}), the same examples, "
+                         f"bootstrap 95%: " + "; ".join(parts))
+    if notes:
+        notes.append("~: the paired interval holds 0 (not resolved by these examples)")
+    return notes
+
+
 def build_table(search_dirs: Path | list[Path], *, split: str = "auto", all_front: bool = False) -> Any:
     """The :class:`~distat.tracking.report.ReportTable` of the searches in ``search_dirs`` (rows of all of them in
     one table; see the module docstring)."""
@@ -192,9 +245,10 @@ def build_table(search_dirs: Path | list[Path], *, split: str = "auto", all_fron
             extra = (f"search {search.scfg.name}",) if several_searches else ()
             rows.append(Row(label, point.trial_id, cells, (*notes, *extra)))
     where = "test split (distat evaluate)" if split == "test" else "dev split (the search's own evaluation)"
-    notes = [f"numbers on the {where}; RA = accuracy under attack; [95% Wilson interval]"]
+    notes = [f"numbers on the {where}; RA = accuracy under attack",
+             *_paired_notes(searches, split, names, rows)]
     if split == "dev":
-        notes.append("run `distat evaluate <search dir>` for held-out test numbers")
+        notes.append("held-out test numbers: distat evaluate on the search folder, then distat report again")
     rule = "every trial on each search's (dev) Pareto front" if all_front else BEST_RULE
     title = " + ".join(f"search {s.scfg.name}" for s in searches)
     return ReportTable(title=f"{title} — {split} split", split=split, rule=rule, columns=tuple(columns),
@@ -214,16 +268,17 @@ def report(search_dir: str | os.PathLike[str], *more: str | os.PathLike[str], sp
     others = [fs_path(d, "search folder").resolve() for d in more]
     table = build_table([folder, *others], split=split, all_front=all_front)
     files = write_report(table, folder / REPORT_DIR)
-    warnings = []
-    if log_mlflow:
-        from distat.tracking.mlflow import Tracker, redact
+    from distat.tracking.mlflow import Tracker, redact
 
-        state = SearchState.load(folder)
-        uri = tracking_uri or state.tracking_uri
+    warnings = []
+    state = SearchState.load(folder)
+    uri = tracking_uri or state.tracking_uri
+    if log_mlflow:
         try:
             tracker = Tracker(uri, state.search.name, folder)
             tracker.log_artifacts(tracker.parent_id, folder / REPORT_DIR)
         except Exception as e:  # noqa: BLE001 - any tracking failure: the report is on disk
             warnings.append(f"distat: warning: the report was not attached to MLflow ({type(e).__name__}: "
                             f"{redact(first_line(e))}); it is in {folder / REPORT_DIR}")
-    return ReportOutcome(markdown=to_markdown(table), split=table.split, files=files, warnings=warnings)
+    return ReportOutcome(markdown=to_markdown(table), split=table.split, files=files, tracking_uri=redact(uri),
+                         warnings=warnings)

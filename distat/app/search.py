@@ -143,11 +143,28 @@ def require_recipes(where: AttackResources, config: SearchConfig) -> None:
 
 def check_splits(config: SearchConfig) -> None:
     """Before Ray starts: the trial's train and dev splits and the attacked split resolve for its data (a
-    one-line error naming the data and its splits otherwise), rather than every trial failing after training."""
+    one-line error naming the data and its splits otherwise), rather than every trial failing after training;
+    so does the test split when the test stage runs after the search."""
     from distat.config import resolve_data, resolve_split
 
     data = config.base_trial().data
     resolve_split(resolve_data(data), config.attack.split)
+    if config.evaluate.after_search:
+        resolve_split(data, config.evaluate.split)
+
+
+def _after_search(search_dir: Path, tracking_uri: str, notify: Notify) -> None:
+    """The test stage, when the search's YAML asks for it (``evaluate.after_search``), on the search's cluster."""
+    from distat.search.state import SearchState
+    from distat.search.test_stage import run_test_stage
+
+    state = SearchState.load(search_dir)
+    if not state.search.evaluate.after_search:
+        return
+    notify(f"test stage: the front and each method's best trial on the {state.search.evaluate.split} split")
+    outcome = run_test_stage(state, state.search.evaluate, tracking_uri=tracking_uri, notify=notify)
+    if outcome.mlflow_warning:
+        notify(outcome.mlflow_warning)
 
 
 def search(config: SearchConfig, *, storage: str | os.PathLike[str] = "runs/searches", tracking_uri: str | None = None,
@@ -183,6 +200,7 @@ def search(config: SearchConfig, *, storage: str | os.PathLike[str] = "runs/sear
         if stopped_early(grid, config.search.num_samples):
             return SearchOutcome(search_dir, interrupted=True)
         points, files = finish_search(config, search_dir, uri)
+        _after_search(search_dir, uri, notify)
     return SearchOutcome(search_dir, interrupted=False,
                          front=FrontSummary.of(points, files, uri, clean_metric=config.search.clean_metric))
 
@@ -217,6 +235,7 @@ def resume(search_dir: str | os.PathLike[str], *, address: str | None = None, tr
         if stopped_early(grid, scfg.search.num_samples):
             return SearchOutcome(folder, interrupted=True)
         points, files = finish_search(scfg, folder, uri)
+        _after_search(folder, uri, notify)
     return SearchOutcome(folder, interrupted=False,
                          front=FrontSummary.of(points, files, uri, clean_metric=scfg.search.clean_metric))
 

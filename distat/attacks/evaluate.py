@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from distat.attacks.metrics import AttackRecord, RobustMetrics, summarize
-from distat.attacks.runner import AttackJob, AttackRunner, Example
+from distat.attacks.runner import AttackJob, Example
 from distat.data import Split
 
 
@@ -63,30 +63,9 @@ def robust_evaluate(model: nn.Module, tokenizer: Any, examples: list[Example], j
 
     ``pool_stats``, when given with actors, is kept up to date (before each ``progress`` call and at the end)
     with :meth:`AttackPool.stats`: which nodes and processes attacked, and how many actors were replaced."""
-    if actors <= 0:
-        runner = AttackRunner(job, model, tokenizer)
-        done = 0
+    from distat.attacks.journal import attack_resumably
 
-        def step(_: AttackRecord) -> None:
-            nonlocal done
-            done += 1
-            if progress is not None:
-                progress(done, len(examples))
-
-        records = runner.run(examples, progress=step)
-    else:
-        from distat.attacks.pool import AttackPool
-
-        with AttackPool(job, model, tokenizer, actors=actors, cpus_per_actor=cpus_per_actor,
-                        gpus_per_actor=gpus_per_actor) as pool:
-
-            def pool_step(done: int, total: int) -> None:
-                if pool_stats is not None:
-                    pool_stats.update(pool.stats())
-                if progress is not None:
-                    progress(done, total)
-
-            records = pool.run(examples, progress=pool_step)
-            if pool_stats is not None:
-                pool_stats.update(pool.stats())
+    run = attack_resumably(model, tokenizer, examples, job, None, actors=actors, cpus_per_actor=cpus_per_actor,
+                           gpus_per_actor=gpus_per_actor, progress=progress, pool_stats=pool_stats)
+    records = run.records
     return summarize(records), records

@@ -115,20 +115,22 @@ class JournalRun:
 
 
 def attack_resumably(model: nn.Module, tokenizer: Any, examples: Sequence[Example], job: AttackJob,
-                     journal: AttackJournal, *, actors: int = 0, cpus_per_actor: float = 1.0,
+                     journal: AttackJournal | None, *, actors: int = 0, cpus_per_actor: float = 1.0,
                      gpus_per_actor: float = 0.0, progress: Callable[[int, int], None] | None = None,
                      pool_stats: dict[str, Any] | None = None) -> JournalRun:
     """Attack the ``examples`` the journal does not hold yet (in this process, or with ``actors`` Ray actors),
-    keeping each record in the journal as it comes; all records in the examples' order."""
-    done = journal.load(examples)
+    keeping each record in the journal as it comes; all records in the examples' order. Without a journal every
+    example is attacked and nothing is kept on disk."""
+    done = journal.load(examples) if journal is not None else {}
     todo = [ex for ex in examples if ex.index not in done]
     total = len(examples)
-    if done:
+    if done and journal is not None:
         log.info("%s: %d of %d examples already attacked; attacking the other %d", journal.path.name, len(done),
                  total, len(todo))
 
     def keep(records: list[AttackRecord]) -> None:
-        journal.append(records)
+        if journal is not None:
+            journal.append(records)
         for r in records:
             done[r.index] = r
 

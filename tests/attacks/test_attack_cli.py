@@ -19,6 +19,11 @@ def test_attack_prints_metrics_and_writes_csv_and_static_set(tmp_path, attack_pa
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "robust_acc" in out and "attack_success_rate" in out
+    # the threat model of these numbers: the same hash for the same attack, another for another modify rate
+    digest = out.split("threat_spec_hash", 1)[1].split()[0]
+    assert len(digest) == 10
+    assert main([*argv[:-1], "--max-modify-rate", "0.1", "-q"]) == 0
+    assert capsys.readouterr().out.split("threat_spec_hash", 1)[1].split()[0] != digest
     rows = list(csv.DictReader(out_csv.open()))
     assert len(rows) == 4 and {r["status"] for r in rows} <= {"success", "failed", "skipped"}
     successes = sum(r["status"] == "success" for r in rows)
