@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PairedDifference", "paired_difference"]
+__all__ = ["PairedDifference", "grouped_paired_difference", "paired_difference"]
 
 
 @dataclass(frozen=True)
@@ -62,3 +62,32 @@ def paired_difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.n
     tail = (1 - level) / 2
     lo, hi = np.quantile(means, [tail, 1 - tail])
     return PairedDifference(diff=float(delta.mean()), lo=float(lo), hi=float(hi), n=len(delta))
+
+
+def grouped_paired_difference(groups: Sequence[tuple[Sequence[float], Sequence[float]]], *, resamples: int = 4000,
+                              seed: int = 0, level: float = 0.95) -> PairedDifference:
+    """The paired difference over several groups of examples (one per training seed: each a pair of per-example
+    score vectors of the two models trained with that seed), with a two-level bootstrap: the groups are resampled,
+    then the examples within each drawn group, so the interval covers seed-to-seed variation as well as the
+    finite example set. ``diff`` is the mean over groups of each group's mean difference. One group is
+    :func:`paired_difference`."""
+    deltas = []
+    for i, (a, b) in enumerate(groups):
+        x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+        if x.shape != y.shape or x.ndim != 1 or len(x) == 0:
+            raise ValueError(f"group {i}: paired scores need two non-empty sequences of one length, got "
+                             f"{x.shape} and {y.shape}")
+        deltas.append(x - y)
+    if not deltas:
+        raise ValueError("paired scores need at least one group")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    for r in range(resamples):
+        drawn = rng.integers(0, len(deltas), size=len(deltas))
+        means[r] = np.mean([deltas[g][rng.integers(0, len(deltas[g]), size=len(deltas[g]))].mean() for g in drawn])
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(means, [tail, 1 - tail])
+    return PairedDifference(diff=float(np.mean([d.mean() for d in deltas])), lo=float(lo), hi=float(hi),
+                            n=sum(len(d) for d in deltas))

@@ -382,3 +382,19 @@ def test_paired_difference_resolves_what_separate_intervals_cannot():
         paired_difference([1, 0], [1])
     with pytest.raises(ValueError, match="at least one"):
         paired_difference([], [])
+
+
+def test_grouped_paired_difference_widens_with_seed_to_seed_variation():
+    from distat.paired import grouped_paired_difference, paired_difference
+
+    same = [([1] * 30 + [0] * 70, [1] * 20 + [0] * 80)] * 3  # every seed: +0.1
+    steady = grouped_paired_difference(same, resamples=1000)
+    assert steady.diff == pytest.approx(0.1) and steady.resolved and steady.n == 300
+    # one seed says +0.3, one -0.1, one +0.1: the mean is the same, the seeds disagree
+    varied = grouped_paired_difference([([1] * 30 + [0] * 70, [0] * 100), ([0] * 100, [1] * 10 + [0] * 90),
+                                        ([1] * 10 + [0] * 90, [0] * 100)], resamples=1000)
+    assert varied.diff == pytest.approx(0.1) and varied.hi - varied.lo > steady.hi - steady.lo
+    one = grouped_paired_difference(same[:1], resamples=1000, seed=3)
+    assert one.diff == paired_difference(*same[0], resamples=1000, seed=3).diff
+    with pytest.raises(ValueError, match="at least one group"):
+        grouped_paired_difference([])
