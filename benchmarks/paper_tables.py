@@ -63,26 +63,28 @@ class Preset:
     seeds: tuple[int, ...]
     use_gpu: bool = False
     max_candidates: int | None = None  # None: the recipe's own (TextFooler 50)
-    actors: int = 1
+    actors: int = 1  # attack actors during the search (dev, a few examples per trial)
+    test_actors: int = 2  # and in the test stage, which has the machine to itself
     gpus_per_actor: float = 0.0
     max_concurrent: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 PRESETS = {
-    # MiniLM, 2000 SST-2 rows, 2 epochs: a trial is a few minutes on one core; 5 methods x 3 seeds
+    # MiniLM, 1000 SST-2 rows, 2 epochs: 2-5 minutes a trial on one core; 5 methods x 3 seeds (about 35 minutes
+    # of training on 2 cores), then 15 models x 200 test examples under TextFooler on 2 actors (about 25 minutes)
     "cpu": Preset(methods=("standard", "pgd", "adaptive_pgd", "freelb", "adaptive_freelb"), backbone="default",
-                  train_rows=2000, dev_rows=200, max_length=64, epochs=2, batch_size=32, recipes=("textfooler",),
+                  train_rows=1000, dev_rows=200, max_length=64, epochs=2, batch_size=32, recipes=("textfooler",),
                   test_n=200, dev_n=50, seeds=(1, 2, 3)),
     # BERT-base-sized on one GPU: every row of the comparison, all three recipes
     "gpu": Preset(methods=("standard", "pgd", "adaptive_pgd", "freelb", "adaptive_freelb", "tavat", "adaptive_tavat"),
                   backbone="", train_rows=8000, dev_rows=500, max_length=64, epochs=2, batch_size=32,
                   recipes=("textfooler", "textbugger", "bae"), test_n=300, dev_n=100, seeds=(1, 2, 3),
-                  use_gpu=True, actors=4, gpus_per_actor=0.2, max_concurrent=3),
+                  use_gpu=True, actors=4, test_actors=8, gpus_per_actor=0.1, max_concurrent=3),
     # the tests: a tiny model, a handful of rows, PWWS (WordNet only)
     "smoke": Preset(methods=("standard", "pgd", "adaptive_pgd"), backbone="", train_rows=48, dev_rows=16,
                     max_length=32, epochs=1, batch_size=16, recipes=("pwws",), test_n=6, dev_n=3, seeds=(1, 2),
-                    actors=0, extra={"lr": 1e-3}),
+                    actors=0, test_actors=0, extra={"lr": 1e-3}),
 }
 
 
@@ -104,7 +106,7 @@ def search_config(preset: Preset, seed: int, name: str, backbone: str) -> Any:
     raw["attack"] = {"recipes": list(preset.recipes), "n": preset.dev_n, "split": "dev", "actors": preset.actors,
                      "cpus_per_actor": 1, "gpus_per_actor": preset.gpus_per_actor, "options": options,
                      "objective": preset.recipes[0]}
-    raw["evaluate"] = {"n": preset.test_n, "seed": 0, "best_per_method": False,
+    raw["evaluate"] = {"n": preset.test_n, "seed": 0, "best_per_method": False, "actors": preset.test_actors,
                        "static_sets": [{"name": "advglue", "path": str(shared_data() / "advglue" / "sst2.tsv")}]}
     raw["search"].update(num_samples=len(preset.methods), max_concurrent=preset.max_concurrent,
                          points=[{"method": m} for m in preset.methods])

@@ -96,7 +96,8 @@ def test_a_named_objective_and_the_test_stage_list() -> None:
     assert test.names == ["bae", "advglue"] and test.objective == "min"
     assert test.n == cfg.attack.n and cfg.evaluate.n == 500 and cfg.evaluate.split == "test"
     same = _cfg({"recipes": ["textfooler", "pwws"], "objective": "pwws"}).evaluate.attack(cfg.attack)
-    assert same.names == ["textfooler", "pwws"] and same.objective == "pwws"
+    assert same.names == ["textfooler", "pwws"] and same.objective == "pwws" and same.actors == 1
+    assert _cfg({}, {"actors": 4}).evaluate.attack(cfg.attack).actors == 4  # the stage has the machine to itself
     with pytest.raises(ConfigError, match="evaluate.split: .*not the dev split"):
         _cfg({}, {"split": "dev"})
 

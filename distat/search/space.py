@@ -613,6 +613,8 @@ class TestStageSettings(Strict):
     recipes: tuple[RecipeSettings, ...] | None = None  # null = attack's list
     static_sets: tuple[StaticSetSettings, ...] | None = None  # null = attack's
     trials: tuple[str, ...] = ()  # trial ids evaluated besides the front
+    # attack actors of the test stage (null = attack.actors): it runs when no trial trains, so it can use more
+    actors: StrictInt | None = Field(default=None, ge=0)
     best_per_method: StrictBool = True  # also each method's best feasible trial (the report's rows)
     after_search: StrictBool = False  # run it when the search ends
 
@@ -631,6 +633,8 @@ class TestStageSettings(Strict):
             data.update(recipe=None, recipes=[r.model_dump() for r in self.recipes])
         if self.static_sets is not None:
             data["static_sets"] = [s.model_dump() for s in self.static_sets]
+        if self.actors is not None:
+            data["actors"] = self.actors
         names = [r.get("name") or r["recipe"] for r in data["recipes"]] or [data["recipe"] or "textfooler"]
         if data["objective"] not in [*names, *(s["name"] for s in data["static_sets"])]:
             data["objective"] = WORST_CASE
