@@ -74,7 +74,7 @@ PRESETS = {
     # MiniLM, 2000 SST-2 rows, 2 epochs (126 optimiser steps). At 1000 rows (63 steps) PGD at the paper's α and k
     # stayed a constant predictor (clean 0.495) while standard and FreeLB learned; at 2000 rows it reaches 0.825
     # dev accuracy. About 4-10 minutes a trial on one core: 5 methods x 3 seeds, then 15 models x 200 test
-    # examples under TextFooler on 2 actors; over the 90-minute target as it stands (see the README)
+    # examples under TextFooler on 2 actors: about 2 hours on 2 cores, over the 90-minute target as it stands
     "cpu": Preset(methods=("standard", "pgd", "adaptive_pgd", "freelb", "adaptive_freelb"), backbone="default",
                   train_rows=2000, dev_rows=200, max_length=64, epochs=2, batch_size=32, recipes=("textfooler",),
                   test_n=200, dev_n=50, seeds=(1, 2, 3)),
