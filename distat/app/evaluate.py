@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -75,20 +76,9 @@ def evaluate(search_dir: str | os.PathLike[str], *, n: int | None = None, all_ro
         where.require(recipe)
     for line in check_test_split(state):
         notify(line)
-    if att.actors > 0:
-        from distat.search.cluster import ray_session
-
-        with ray_session(address):
-            return _run(state, stage, tracking_uri, notify, progress, trials if only else None)
-    return _run(state, stage, tracking_uri, notify, progress, trials if only else None)
-
-
-def _run(state: SearchState, stage: TestStageSettings, tracking_uri: str | None, notify: Notify,
-         progress: Progress | None, trials: Sequence[str] | None) -> StageOutcome:
+    from distat.search.cluster import ray_session
     from distat.search.test_stage import run_test_stage
 
-    outcome = run_test_stage(state, stage, tracking_uri=tracking_uri, notify=notify, progress=progress,
-                             trials=trials)
-    if outcome.mlflow_warning:
-        notify(outcome.mlflow_warning)
-    return outcome
+    with ray_session(address) if att.actors > 0 else contextlib.nullcontext():
+        return run_test_stage(state, stage, tracking_uri=tracking_uri, notify=notify, progress=progress,
+                              trials=trials if only else None)

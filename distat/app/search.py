@@ -162,9 +162,7 @@ def _after_search(search_dir: Path, tracking_uri: str, notify: Notify) -> None:
     if not state.search.evaluate.after_search:
         return
     notify(f"test stage: the front and each method's best trial on the {state.search.evaluate.split} split")
-    outcome = run_test_stage(state, state.search.evaluate, tracking_uri=tracking_uri, notify=notify)
-    if outcome.mlflow_warning:
-        notify(outcome.mlflow_warning)
+    run_test_stage(state, state.search.evaluate, tracking_uri=tracking_uri, notify=notify)
 
 
 def search(config: SearchConfig, *, storage: str | os.PathLike[str] = "runs/searches", tracking_uri: str | None = None,

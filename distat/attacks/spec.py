@@ -183,14 +183,17 @@ def static_set_spec(texts: Sequence[tuple[str | None, str]], labels: Sequence[in
                     ) -> StaticSetSpec:
     """The spec of a static set's accuracy: ``texts`` as (other side of a pair or None, perturbed side)."""
     rows = [[a, b, int(y)] for (a, b), y in zip(texts, labels, strict=True)]
-    payload = json.dumps(rows, ensure_ascii=True, separators=(",", ":"))
-    return StaticSetSpec(examples=len(rows), subset_digest=hashlib.sha256(payload.encode("ascii")).hexdigest()[:16],
-                         max_length=max_length, versions={"distat": _distat_version()})
+    return StaticSetSpec(examples=len(rows), subset_digest=_rows_digest(rows), max_length=max_length,
+                         versions={"distat": _distat_version()})
 
 
 def subset_digest(examples: Sequence[Example]) -> str:
     """16 hex digits of the SHA-256 of the examples' texts and labels, in order (the index is their position)."""
-    rows = [[e.text, e.other_text, int(e.label)] for e in examples]
+    return _rows_digest([[e.text, e.other_text, int(e.label)] for e in examples])
+
+
+def _rows_digest(rows: list[list[Any]]) -> str:
+    """16 hex digits of the SHA-256 of rows of texts and a label (as JSON, in order)."""
     payload = json.dumps(rows, ensure_ascii=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode("ascii")).hexdigest()[:16]
 

@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ATTACK_CSV = "attack.csv"
 PROGRESS_FILE = "attack_progress.json"
 _CLASS_PREFIX = "robust_"  # the per-class scores under attack (robust_macro_f1, robust_recall.<c>...)
 _RECIPE_KEYS = ("attack_success_rate", "attack_success_rate_lo", "attack_success_rate_hi", "perturbed_word_pct",
@@ -63,15 +62,18 @@ class EvalTally:
 def evaluate_checkpoint(att: AttackSettings, refs: ResourceRefs, checkpoint: Path, out: Path, *, split: str,
                         n: int | None, seed: int, where: dict[str, Any] | None = None, device: Any = None,
                         generator: Any = None, tally: EvalTally | None = None, progress: Any = None,
-                        clean_split: bool = False) -> dict[str, float | str]:
+                        clean_split: bool = False, weights: str | None = None) -> dict[str, float | str]:
     """Every attack of ``att`` on ``checkpoint``: the first ``n`` (None: all) examples of a ``seed``-ed permutation
     of the trial's ``split`` (a logical name, resolved by the trial's data config); metrics as in the module
     docstring, files into ``out``. ``where`` receives the actors' placement, ``tally`` the attacked/reused counts,
     ``progress(name, done, total)`` each step. ``clean_split``: also the clean scores of the whole split (not only
     the attacked subset): ``clean_acc`` with ``clean_acc_lo/_hi`` and ``clean_n``, plus what
-    :func:`distat.training.evaluate` reports beside it (macro-F1, balanced accuracy, per class). ``generator`` (:class:`distat.augment.ada.Generator`) is needed
-    with ``att.static`` (the ADA victim's examples of the subset score the model too)."""
+    :func:`distat.training.evaluate` reports beside it (macro-F1, balanced accuracy, per class). ``generator``
+    (:class:`distat.augment.ada.Generator`) is needed with ``att.static`` (the ADA victim's examples of the subset
+    score the model too). ``weights``: the checkpoint's :func:`~distat.attacks.journal.checkpoint_digest`, when
+    the caller has it already (it keys the journals)."""
     from distat.attacks.evaluate import select_examples
+    from distat.attacks.journal import checkpoint_digest
     from distat.attacks.runner import AttackJob
     from distat.attacks.spec import HASH_KEY, ThreatSuite, threat_model, write_spec
     from distat.config import load_data, resolve_split
@@ -101,15 +103,17 @@ def evaluate_checkpoint(att: AttackSettings, refs: ResourceRefs, checkpoint: Pat
                              text_fields=ds.text_fields, max_length=tcfg.data.max_length, seed=seed)
             for r in att.attacks}
     specs = {name: threat_model(job, examples, split=actual, n=n, subset_seed=seed) for name, job in jobs.items()}
+    weights = weights or checkpoint_digest(checkpoint)
     log.info("robust evaluation set up in %.1f s", time.perf_counter() - t0)
     per_attack: dict[str, dict[str, Any]] = {}
-    first_records = None
+    subset_clean: dict[str, float] = {}  # the attacked subset's clean accuracy: the same for every recipe
     for name, job in jobs.items():
         digest = write_spec(specs[name], out, name if several else None)
-        metrics, records = _attack_one(name, job, digest, att, model, tokenizer, examples, checkpoint, out,
+        metrics, records = _attack_one(name, job, digest, att, model, tokenizer, examples, weights, out,
                                        where=where, tally=tally, progress=progress)
+        clean = {key: metrics.pop(key) for key in ("clean_acc", "clean_acc_lo", "clean_acc_hi")}
+        subset_clean = subset_clean or clean
         metrics.update(_class_metrics(records, ds.num_labels))
-        first_records = first_records if first_records is not None else records
         per_attack[name] = {**metrics, HASH_KEY: digest}
     for static in att.static_sets:
         per_attack[static.name] = _static_set(static, model, tokenizer, ds, tcfg.data.max_length, out, several)
@@ -129,14 +133,8 @@ def evaluate_checkpoint(att: AttackSettings, refs: ResourceRefs, checkpoint: Pat
         out_metrics[HASH_KEY] = write_spec(suite, out)
     else:
         out_metrics[HASH_KEY] = first[HASH_KEY]
-    if first_records is not None:
-        from distat.attacks.metrics import summarize
-
-        summary = summarize(first_records)
-        out_metrics["attack_clean_acc"] = summary.clean_acc
-        out_metrics["attack_clean_acc_lo"], out_metrics["attack_clean_acc_hi"] = summary.clean_acc_ci
-        out_metrics.update({k: v for k, v in first.items()
-                            if k.startswith(_CLASS_PREFIX) and not k.startswith("robust_acc")})
+    out_metrics.update({f"attack_{key}": value for key, value in subset_clean.items()})
+    out_metrics.update({k: v for k, v in first.items() if k.startswith(_CLASS_PREFIX) and not k.startswith("robust_acc")})
     if ds_all is not None:
         from distat.attacks.metrics import summarize as summarize_records
         from distat.augment.ada import static_accuracy
@@ -171,13 +169,15 @@ def _clean_scores(model: Any, tokenizer: Any, split: Any, max_length: int) -> di
 
 
 def _attack_one(name: str, job: Any, digest: str, att: AttackSettings, model: Any, tokenizer: Any,
-                examples: list[Example], checkpoint: Path, out: Path, *, where: dict[str, Any] | None,
+                examples: list[Example], weights: str, out: Path, *, where: dict[str, Any] | None,
                 tally: EvalTally | None, progress: Any) -> tuple[dict[str, Any], list[Any]]:
-    from distat.attacks.journal import AttackJournal, attack_resumably, checkpoint_digest
+    """One recipe on ``examples``, resumable from its journal; its robust metrics (with the attacked subset's
+    clean accuracy) and records."""
+    from distat.attacks.journal import AttackJournal, attack_resumably
     from distat.attacks.metrics import summarize, write_records_csv
 
     stem = attack_stem(att, name)
-    journal = AttackJournal(out / f"{stem}.jsonl", spec=digest, checkpoint=checkpoint_digest(checkpoint))
+    journal = AttackJournal(out / f"{stem}.jsonl", spec=digest, checkpoint=weights)
     stats: dict[str, Any] = {}
 
     def step(done: int, total: int) -> None:
@@ -194,10 +194,7 @@ def _attack_one(name: str, job: Any, digest: str, att: AttackSettings, model: An
         tally.attacked[name] = run.attacked
         tally.reused[name] = run.reused
     write_records_csv(run.records, out / f"{stem}.csv")
-    metrics = summarize(run.records).as_dict()
-    for key in ("clean_acc", "clean_acc_lo", "clean_acc_hi"):
-        metrics.pop(key)
-    return metrics, run.records
+    return summarize(run.records).as_dict(), run.records
 
 
 def _static_set(static: Any, model: Any, tokenizer: Any, ds: Any, max_length: int, out: Path,

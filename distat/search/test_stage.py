@@ -83,13 +83,12 @@ def choose_trials(search_dir: Path, scfg: SearchConfig, stage: TestStageSettings
     return chosen
 
 
-def _stage_key(stage: TestStageSettings, scfg: SearchConfig, checkpoint: Path) -> str:
-    """What makes a trial's test numbers what they are, short: the checkpoint's weights, the attacks and their
-    options, the split, the subset size and seed. (Resource fingerprints live in the journals' spec hashes.)"""
-    from distat.attacks.journal import checkpoint_digest
-
+def _stage_key(stage: TestStageSettings, scfg: SearchConfig, weights: str) -> str:
+    """What makes a trial's test numbers what they are, short: the checkpoint's weights (their digest), the attacks
+    and their options, the split, the subset size and seed. (Resource fingerprints live in the journals' spec
+    hashes.)"""
     att = stage.attack(scfg.attack)
-    key = {"checkpoint": checkpoint_digest(checkpoint), "split": stage.split, "n": stage.n,
+    key = {"checkpoint": weights, "split": stage.split, "n": stage.n,
            "seed": stage.seed if stage.seed is not None else scfg.seed,
            "attack": att.model_dump(mode="json", exclude={"actors", "cpus_per_actor", "gpus_per_actor"})}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -112,8 +111,10 @@ def run_test_stage(state: SearchState, stage: TestStageSettings, *, tracking_uri
                    progress: Callable[[str, str, int, int], None] | None = None,
                    trials: Sequence[str] | None = None) -> StageOutcome:
     """Evaluate the chosen trials (or ``trials``, in that order, when given) of the search in ``state`` on the test
-    split. ``notify`` gets one line per trial; ``progress(trial_id, attack, done, total)`` each attacked example
-    or shard."""
+    split. ``notify`` gets one line per trial, and one if the tracking server could not take the results (they
+    are on disk); ``progress(trial_id, attack, done, total)`` each attacked example or shard."""
+    from distat.attacks.journal import checkpoint_digest
+
     scfg = state.search
     folder = state.dir
     if trials is None:
@@ -129,7 +130,8 @@ def run_test_stage(state: SearchState, stage: TestStageSettings, *, tracking_uri
         if trial_id not in finished:
             raise DistatError(f"trial {trial_id} did not finish in {folder}")
         checkpoint = _checkpoint(trial_dir)
-        key = _stage_key(stage, scfg, checkpoint)
+        weights = checkpoint_digest(checkpoint)
+        key = _stage_key(stage, scfg, weights)
         out = trial_dir / STAGE_DIR
         done = _finished(out, key)
         if done is not None:
@@ -143,7 +145,7 @@ def run_test_stage(state: SearchState, stage: TestStageSettings, *, tracking_uri
                 progress(trial_id, name, count, total)
 
         metrics = evaluate_checkpoint(att, state.resources, checkpoint, out, split=stage.split, n=stage.n, seed=seed,
-                                      tally=tally, progress=step, clean_split=True)
+                                      tally=tally, progress=step, clean_split=True, weights=weights)
         prefixed = {f"{PREFIX}{k}": v for k, v in metrics.items()}
         write_json(out / METRICS_FILE, {"stage_key": key, "reasons": reasons, "split": stage.split,
                                         "metrics": prefixed}, sort_keys=True)
@@ -154,6 +156,8 @@ def run_test_stage(state: SearchState, stage: TestStageSettings, *, tracking_uri
                f"example(s)" + (f", {reused} kept from an interrupted run" if reused else ""))
     uri = tracking_uri or state.tracking_uri
     outcome.mlflow_warning = _log_to_mlflow(uri, scfg.name, folder, outcome)
+    if outcome.mlflow_warning:
+        notify(outcome.mlflow_warning)
     return outcome
 
 
