@@ -178,6 +178,31 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
+GROUP_WINDOW = 50  # batches per length-sorted window (transformers' group_by_length uses 50 too)
+
+
+def grouped_order(order: list[int], lengths: list[int], unit: int, seed: int, epoch: int) -> list[int]:
+    """``order`` regrouped so that each run of ``unit`` consecutive examples has similar lengths.
+
+    ``order`` (a seeded shuffle) is cut into windows of ``GROUP_WINDOW`` units, each window is sorted by length
+    (longest first; ties keep the shuffle's order) and cut into units, and the full units are shuffled with a
+    generator of (seed, epoch); a short last unit stays last. A pure function of its arguments, like
+    :func:`epoch_order`, so a resumed epoch sees the same batches. ``unit`` is the batch size times the world
+    size: the ranks' strided shards of a unit are batches of similar lengths too.
+    """
+    if unit < 1:
+        raise ValueError(f"unit must be positive, got {unit}")
+    window = unit * GROUP_WINDOW
+    units: list[list[int]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: -lengths[i])
+        units.extend(chunk[k : k + unit] for k in range(0, len(chunk), unit))
+    tail = units.pop() if units and len(units[-1]) < unit else []
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch + 7_919)
+    shuffled = [units[i] for i in torch.randperm(len(units), generator=g).tolist()]
+    return [i for u in shuffled for i in u] + tail
+
+
 def _batches_per_epoch(n: int, batch_size: int, world: int) -> int:
     return math.ceil((n // world) / batch_size)
 
@@ -487,6 +512,9 @@ def run_trial(
     for epoch in range(start_epoch + 1, tcfg.epochs + 1):
         module.train()
         order = epoch_order(len(parts.train), cfg.seed, epoch)
+        if tcfg.group_by_length:
+            lengths = [len(ids) for ids in parts.train.input_ids]
+            order = grouped_order(order, lengths, tcfg.batch_size * world, cfg.seed, epoch)
         order = order[: len(order) // world * world][rank::world]
         loss_sum, steps, t0 = 0.0, 0, time.perf_counter()
         log_sums: dict[str, float] = {}

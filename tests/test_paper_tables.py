@@ -29,14 +29,19 @@ def _run(tiny_model_dir: Path, tmp_path: Path) -> tuple[dict, str]:
 def test_paper_tables_smoke_preset_judges_claims_and_resumes(tiny_model_dir, attack_paths, tmp_path):
     result, _ = _run(tiny_model_dir, tmp_path)
     claims = result["claims"]
-    assert set(claims) == {"adaptive_pgd-pgd robust pwws", "adaptive_pgd-pgd clean within ±0.6"}
+    taylor = "pgd Eq. 8 taylor error < 10% of the loss"
+    assert set(claims) == {"adaptive_pgd-pgd robust pwws", "adaptive_pgd-pgd clean within ±0.6", taylor}
     for claim in claims.values():
         assert claim["lo"] <= claim["diff"] <= claim["hi"]
         assert claim["verdict"] in ("reproduced", "refuted", "unresolved")
+    assert claims[taylor]["diff"] > 0  # PGD's trials logged Eq. 8's error (a relative error, never 0 here)
     text = Path(result["results"]).read_text()
     for method in ("standard", "pgd", "adaptive_pgd"):
         assert f"| {method} | 2 |" in text
     assert "git revision" in text and "Claims" in text
+    # one threat-model spec per column: every model was attacked under the same settings
+    hashes = next(line for line in text.splitlines() if line.startswith("- threat-model spec hashes:"))
+    assert "None" not in hashes and "/" not in hashes
 
     # every model of both seeds was attacked on the same test examples; a second run attacks nothing again
     journals = sorted((tmp_path / "work").glob("smoke/searches/*/trials/*/test/attack.pwws.jsonl"))

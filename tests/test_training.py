@@ -10,7 +10,14 @@ from safetensors.torch import load_file
 
 from distat.config import parse_trial_config
 from distat.errors import ModelError
-from distat.training import epoch_order, latest_checkpoint, list_checkpoints, make_scheduler, run_trial
+from distat.training import (
+    epoch_order,
+    grouped_order,
+    latest_checkpoint,
+    list_checkpoints,
+    make_scheduler,
+    run_trial,
+)
 
 from helpers import shared_data_dir
 
@@ -31,6 +38,28 @@ def test_epoch_order_is_a_pure_function_of_seed_and_epoch():
     assert epoch_order(50, 1, 2) == epoch_order(50, 1, 2)
     assert epoch_order(50, 1, 2) != epoch_order(50, 1, 3)
     assert sorted(epoch_order(50, 1, 2)) == list(range(50))
+
+
+def _padded(order, lengths, unit):
+    return sum(max(lengths[i] for i in order[k : k + unit]) * len(order[k : k + unit])
+               for k in range(0, len(order), unit))
+
+
+def test_grouped_order_is_a_seeded_permutation_with_less_padding():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 60, (1000,), generator=g).tolist()
+    order = epoch_order(1000, 1, 1)
+    grouped = grouped_order(order, lengths, 32, 1, 1)
+    assert sorted(grouped) == list(range(1000))
+    assert grouped == grouped_order(order, lengths, 32, 1, 1)  # a pure function: a resumed epoch matches
+    assert grouped != grouped_order(order, lengths, 32, 1, 2)
+    assert _padded(grouped, lengths, 32) < 0.7 * _padded(order, lengths, 32)
+    # the short last batch stays last, so every batch before it is a full, length-sorted unit
+    assert grouped[-(1000 % 32):] == sorted(grouped[-(1000 % 32):], key=lambda i: -lengths[i])
+    firsts = [lengths[grouped[k]] for k in range(0, 960, 32)]
+    assert firsts != sorted(firsts, reverse=True)  # the batches are shuffled, not longest-first
+    with pytest.raises(ValueError, match="unit"):
+        grouped_order(order, lengths, 0, 1, 1)
 
 
 
@@ -81,6 +110,18 @@ def test_resume_continues_bit_for_bit(tmp_path, tiny_model_dir):
     sb = torch.load(resumed.checkpoint / "train_state.pt", weights_only=True)
     assert torch.equal(sa["method"]["base"]["table"], sb["method"]["base"]["table"])
     assert torch.equal(sa["rng"]["torch"], sb["rng"]["torch"])
+
+
+def test_grouped_batches_train_and_resume_bit_for_bit(tmp_path, tiny_model_dir):
+    method = {"name": "pgd", "adv_steps": 2}
+    full = run_trial(trial(tmp_path / "full", tiny_model_dir, method, group_by_length=True))
+    plain = run_trial(trial(tmp_path / "plain", tiny_model_dir, method))
+    assert _untimed(full.history) != _untimed(plain.history)  # other batches, so another run
+    part_dir = tmp_path / "part"
+    run_trial(trial(part_dir, tiny_model_dir, method, group_by_length=True), on_epoch_end=lambda m, c: True)
+    resumed = run_trial(trial(part_dir, tiny_model_dir, method, group_by_length=True),
+                        resume_from=latest_checkpoint(part_dir / "checkpoints"))
+    assert _untimed(resumed.history) == _untimed(full.history)
 
 
 @pytest.mark.parametrize("method", [
