@@ -351,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-modify-rate", type=float, help="at most this fraction of words perturbed")
     p.add_argument("--query-budget", type=int, help="model queries per example")
     p.add_argument("--sim-threshold", type=float, help="sentence-encoder threshold (default: calibrated)")
+    p.add_argument("--stopwords-ignore-case", action="store_true",
+                   help="compare words with the stopword list lower-cased (default: TextAttack's case-sensitive "
+                        "comparison, which lets a capitalised stopword be swapped)")
     p.add_argument("--csv", help="write every attacked example to this CSV")
     p.add_argument("--export", help="write the successful adversarial examples as a static TSV set")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

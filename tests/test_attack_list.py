@@ -72,6 +72,16 @@ def test_a_list_of_recipes_and_static_sets_with_their_own_options() -> None:
     assert att.objective == "min"
 
 
+def test_stopwords_ignore_case_is_an_attack_option_a_recipe_may_override() -> None:
+    att = _cfg({"recipes": ["textfooler", {"recipe": "pwws", "options": {"stopwords_ignore_case": False}}],
+                "options": {"stopwords_ignore_case": True}}).attack
+    by = {r.key: r.options.to_options() for r in att.attacks}
+    assert by["textfooler"].stopwords_ignore_case is True and by["pwws"].stopwords_ignore_case is False
+    assert _cfg({}).attack.attacks[0].options.to_options().stopwords_ignore_case is False  # TextAttack's default
+    with pytest.raises(ConfigError, match="stopwords_ignore_case"):
+        _cfg({"options": {"stopwords_ignore_case": "yes"}})
+
+
 @pytest.mark.parametrize(("attack", "fragment"), [
     ({"recipe": "pwws", "recipes": ["bae"]}, "attack.recipes: give one recipe (recipe:) or a list"),
     ({"recipes": ["bae", "bae"]}, "two attacks are named 'bae'"),

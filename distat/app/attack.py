@@ -29,6 +29,7 @@ class AttackRequest:
     max_modify_rate: float | None = None
     query_budget: int | None = None
     sim_threshold: float | None = None
+    stopwords_ignore_case: bool = False
     csv: str | None = None  # every attacked example
     export: str | None = None  # the successful adversarial examples as a static TSV set
 
@@ -97,7 +98,8 @@ def attack(req: AttackRequest, where: AttackResources | None = None, *, notify: 
     model = load_classifier(model_dir, ds.num_labels).to(pick_device(req.device)).eval()
     examples = select_examples(split, req.n, req.seed)
     options = AttackOptions(max_candidates=req.max_candidates, max_modify_rate=req.max_modify_rate,
-                            query_budget=req.query_budget, sim_threshold=req.sim_threshold)
+                            query_budget=req.query_budget, sim_threshold=req.sim_threshold,
+                            stopwords_ignore_case=req.stopwords_ignore_case)
     job = AttackJob(recipe=req.recipe, resources=paths, options=options, text_fields=ds.text_fields,
                     max_length=req.max_length, seed=req.seed)
     from distat.attacks.spec import threat_model

@@ -50,6 +50,8 @@ class AttackOptions:
     # Similarity thresholds of the sentence encoder (MiniLM, cosine), replacing USE's. See
     # distat.resources.calibration: None = the calibrated default for the recipe.
     sim_threshold: float | None = None
+    # Stopwords compared lower-cased (see _stopwords). False keeps TextAttack's case-sensitive comparison
+    stopwords_ignore_case: bool = False
 
 
 # USE thresholds in the original recipes; the MiniLM equivalents come from calibration (see
@@ -97,6 +99,18 @@ def _common_constraints(ta: Any, options: AttackOptions, text_fields: tuple[str,
     return out
 
 
+def _stopwords(ta: Any, options: AttackOptions) -> Any:
+    """The stopword constraint. TextAttack compares each word with its (lower-case) list as written, so on cased
+    text a sentence-initial stopword is swapped ("When did ..." -> "But did ..."), which no recipe's paper meant.
+    Its comparison stays the default, so that numbers stay comparable with TextAttack's and published ones;
+    ``stopwords_ignore_case`` compares lower-cased words instead, and is part of the threat model's spec."""
+    if options.stopwords_ignore_case:
+        from distat.attacks.textattack_parts import AnyCaseStopwordModification
+
+        return AnyCaseStopwordModification()
+    return ta.constraints.pre_transformation.StopwordModification()
+
+
 def sim_threshold(resources: ResourcePaths, options: AttackOptions, recipe: str) -> float:
     """The option if given, else the calibrated threshold in the cache, else the default above."""
     from distat.resources.calibration import read_thresholds
@@ -125,7 +139,7 @@ def _textfooler(ta: Any, model_wrapper: Any, resources: ResourcePaths, options: 
         pre.RepeatModification(),
         # DEVIATION: TextFooler's own stopword list is replaced by the NLTK-format English list distat
         # builds offline (distat.resources.wordnet).
-        pre.StopwordModification(),
+        _stopwords(ta, options),
         ta.constraints.semantics.WordEmbeddingDistance(embedding=embedding, min_cos_sim=0.5),
         # DEVIATION: spaCy's tagger (offline package) instead of NLTK's perceptron tagger.
         SpacyPartOfSpeech(str(resources.pos_model), allow_verb_noun_swap=True),
@@ -155,7 +169,7 @@ def _textbugger(ta: Any, model_wrapper: Any, resources: ResourcePaths, options: 
     pre = ta.constraints.pre_transformation
     constraints = [
         pre.RepeatModification(),
-        pre.StopwordModification(),
+        _stopwords(ta, options),
         # DEVIATION: MiniLM instead of USE (threshold 0.8, cosine).
         _sim(ta, resources, options, "textbugger"),
     ]
@@ -167,7 +181,7 @@ def _pwws(ta: Any, model_wrapper: Any, resources: ResourcePaths, options: Attack
     # No deviation: WordNet comes from the local NLTK data folder instead of nltk.download.
     pre = ta.constraints.pre_transformation
     transformation = ta.transformations.WordSwapWordNet()
-    constraints = [pre.RepeatModification(), pre.StopwordModification()]
+    constraints = [pre.RepeatModification(), _stopwords(ta, options)]
     search = ta.search_methods.GreedyWordSwapWIR("weighted-saliency")
     return _goal(ta, model_wrapper, options), constraints, transformation, search
 
@@ -186,7 +200,7 @@ def _bae(ta: Any, model_wrapper: Any, resources: ResourcePaths, options: AttackO
     pre = ta.constraints.pre_transformation
     constraints = [
         pre.RepeatModification(),
-        pre.StopwordModification(),
+        _stopwords(ta, options),
         SpacyPartOfSpeech(str(resources.pos_model), allow_verb_noun_swap=True),  # DEVIATION: spaCy tagger
         # DEVIATION: MiniLM instead of USE (threshold 0.9363, cosine).
         _sim(ta, resources, options, "bae", compare_against_original=True, window_size=15,

@@ -35,7 +35,7 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from distat.atomic import write_json
 from distat.errors import DistatError
@@ -69,11 +69,19 @@ _CHUNK = 1 << 20
 class _Spec(Strict):
     """A spec: hashed from its canonical JSON."""
 
+    #: fields added after SPEC_VERSION 1, left out of the canonical JSON while they hold their default: a spec
+    #: that does not use them hashes as it did before they existed
+    _LATER_FIELDS: ClassVar[tuple[str, ...]] = ()
+
     def canonical_json(self) -> str:
         """The spec as compact JSON with sorted keys and floats rounded to 12 significant digits (a threshold
         read back from a JSON file or computed as ``0.1 + 0.2`` hashes like the number it stands for)."""
-        return json.dumps(_stable(self.model_dump(mode="json")), sort_keys=True, separators=(",", ":"),
-                          ensure_ascii=True, allow_nan=False)
+        data = self.model_dump(mode="json")
+        for name in self._LATER_FIELDS:
+            if data.get(name) == type(self).model_fields[name].default:
+                data.pop(name, None)
+        return json.dumps(_stable(data), sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                          allow_nan=False)
 
     @property
     def hash(self) -> str:
@@ -92,6 +100,8 @@ class ThreatModel(_Spec):
     sim_threshold: float | None
     """the sentence-encoder threshold in force (option, else calibrated, else default); null for a recipe
     without the similarity constraint."""
+    stopwords_ignore_case: bool = False
+    """stopwords compared lower-cased (False: TextAttack's case-sensitive comparison)."""
     split: str
     """the attacked split, by the name it has in the dataset."""
     n: int | None
@@ -107,6 +117,8 @@ class ThreatModel(_Spec):
     """content fingerprint of each resource the recipe reads (:func:`resource_fingerprint`)."""
     versions: dict[str, str]
     """distat, TextAttack and the library of each resource the recipe reads."""
+
+    _LATER_FIELDS: ClassVar[tuple[str, ...]] = ("stopwords_ignore_case",)
 
 
 class StaticSetSpec(_Spec):
@@ -172,7 +184,8 @@ def threat_model(job: AttackJob, examples: Sequence[Example], *, split: str, n: 
     versions.update({_LIBRARY_OF[name]: _version(_LIBRARY_OF[name]) for name in needs if name in _LIBRARY_OF})
     return ThreatModel(
         recipe=job.recipe, max_candidates=options.max_candidates, max_modify_rate=options.max_modify_rate,
-        query_budget=options.query_budget, sim_threshold=threshold, split=split, n=n, subset_seed=subset_seed,
+        query_budget=options.query_budget, sim_threshold=threshold,
+        stopwords_ignore_case=options.stopwords_ignore_case, split=split, n=n, subset_seed=subset_seed,
         attack_seed=job.seed, examples=len(examples), subset_digest=subset_digest(examples),
         resources={name: resource_fingerprint(name, getattr(job.resources, name)) for name in needs},
         versions=versions,

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from textattack.constraints.grammaticality import PartOfSpeech
+from textattack.constraints.pre_transformation import StopwordModification
 from textattack.constraints.semantics.sentence_encoders import SBERT
 from textattack.models.wrappers import ModelWrapper
 from textattack.transformations import WordSwap
@@ -106,6 +107,18 @@ class SpacyPartOfSpeech(PartOfSpeech):
         from distat.resources import load_pos_tagger
 
         self._nlp = load_pos_tagger(self._model_name)
+
+
+class AnyCaseStopwordModification(StopwordModification):
+    """TextAttack's stopword constraint, comparing words lower-cased: "When" at the start of a sentence is the
+    stopword "when" (TextAttack's own compares case-sensitively, so a capitalised stopword may be swapped)."""
+
+    def __init__(self, stopwords: Any = None, language: str = "english") -> None:
+        super().__init__(stopwords, language)
+        self.stopwords = {w.lower() for w in self.stopwords}
+
+    def _get_modifiable_indices(self, current_text: Any) -> set[int]:
+        return {i for i, word in enumerate(current_text.words) if word.lower() not in self.stopwords}
 
 
 # Visually similar substitutes (TextBugger's "Sub-C"): digits and symbols that read as letters.

@@ -6,7 +6,8 @@ A search file (``search_spaces/*.yaml``) has these keys::
     seed: 13                   # the search's seed: Optuna's sampler and the attacked dev subset
     trial: {...}               # a TrialConfig without output_dir: the fixed settings of every trial
     attack: {recipe: textfooler, n: 40, split: dev, actors: 1, cpus_per_actor: 1, gpus_per_actor: 0,
-             options: {max_candidates: ..., max_modify_rate: ..., query_budget: ..., sim_threshold: ...}}
+             options: {max_candidates: ..., max_modify_rate: ..., query_budget: ..., sim_threshold: ...,
+                       stopwords_ignore_case: false}}
     search: {num_samples: 4, max_concurrent: 2, objectives: [clean_acc, robust_acc], clean_acc_floor: null}
     resources: {num_workers: 1, use_gpu: false, cpus_per_worker: 1, gpus_per_worker: null}
     params:                    # searched parameters, suggested in this order
@@ -442,9 +443,10 @@ class AttackOptionSettings(Strict):
     max_modify_rate: Number | None = Field(default=None, gt=0, le=1)  # fraction of words perturbed at most
     query_budget: StrictInt | None = Field(default=None, ge=1)  # model queries per example
     sim_threshold: Number | None = Field(default=None, ge=-1, le=1)  # sentence-encoder cosine threshold
+    stopwords_ignore_case: StrictBool | None = None  # null = false: TextAttack's case-sensitive stopwords
 
     def to_options(self) -> AttackOptions:
-        return AttackOptions(**self.model_dump())
+        return AttackOptions(**{**self.model_dump(), "stopwords_ignore_case": bool(self.stopwords_ignore_case)})
 
     def over(self, shared: AttackOptionSettings) -> AttackOptionSettings:
         """These options where set, ``shared``'s elsewhere (a recipe's own options over the attack's common ones)."""

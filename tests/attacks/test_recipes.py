@@ -67,6 +67,33 @@ def test_pairs_perturb_only_the_sentence_side(attack_paths, tiny_model_dir):
             assert ex.other_text not in record.perturbed_text or ex.other_text in ex.text
 
 
+@pytest.mark.parametrize(("ignore_case", "first_word_modifiable"), [(False, True), (True, False)])
+def test_stopwords_compare_case_sensitively_unless_asked(ignore_case, first_word_modifiable, attack_paths,
+                                                         tiny_model_dir):
+    """TextAttack's stopword constraint lets a capitalised stopword ("When") be swapped; the option stops it.
+    Lower-case stopwords ("did", "the") are protected either way, and so is every content word's eligibility."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from distat.attacks.recipes import build_attack
+    from distat.resources import import_textattack
+
+    import_textattack(attack_paths.wordnet)  # before distat's TextAttack parts import textattack
+    from textattack.shared import AttackedText
+
+    from distat.attacks.textattack_parts import ClassifierWrapper
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    wrapper = ClassifierWrapper(model, AutoTokenizer.from_pretrained(tiny_model_dir))
+    for recipe in ("textfooler", "pwws"):
+        attack = build_attack(recipe, wrapper, attack_paths, AttackOptions(stopwords_ignore_case=ignore_case))
+        text = AttackedText("When did the film end")
+        allowed = set(range(len(text.words)))
+        for constraint in attack.pre_transformation_constraints:
+            allowed &= constraint(text, attack.transformation)
+        assert (0 in allowed) is first_word_modifiable, (recipe, allowed)
+        assert 1 not in allowed and 2 not in allowed and {3, 4} <= allowed
+
+
 def test_thresholds_come_from_the_calibration(attack_paths):
     import json
 

@@ -118,6 +118,7 @@ KNOBS = {
     "max_candidates": lambda res: {"options": AttackOptions(max_modify_rate=0.3, max_candidates=20)},
     "query_budget": lambda res: {"options": AttackOptions(max_modify_rate=0.3, query_budget=500)},
     "sim_threshold option": lambda res: {"options": AttackOptions(max_modify_rate=0.3, sim_threshold=0.7)},
+    "stopwords_ignore_case": lambda res: {"options": AttackOptions(max_modify_rate=0.3, stopwords_ignore_case=True)},
     "calibrated sim threshold": _recalibrated,
     "split": lambda res: {"split": "test"},
     "n": lambda res: {"n": 4, "examples": EXAMPLES[:4]},
@@ -135,6 +136,18 @@ def test_every_knob_that_changes_the_numbers_changes_the_hash(res, knob):
     after = spec_of(res, **KNOBS[knob](res))
     assert after.hash != before.hash
     assert spec_diff(before, after)
+
+
+def test_a_field_added_later_keeps_the_hashes_of_specs_that_leave_it_default(res):
+    """stopwords_ignore_case came after spec version 1: at its default it is not hashed, so a search or journal
+    written before it existed keeps its hash; set, it is hashed (and recorded in the spec file)."""
+    plain = spec_of(res)
+    assert "stopwords_ignore_case" not in plain.canonical_json()
+    without = json.loads(plain.canonical_json())
+    assert ThreatModel.model_validate(without).hash == plain.hash  # an old spec file reads back to the same hash
+    ignoring = spec_of(res, options=AttackOptions(max_modify_rate=0.3, stopwords_ignore_case=True))
+    assert '"stopwords_ignore_case":true' in ignoring.canonical_json()
+    assert spec_diff(plain, ignoring)
 
 
 def test_cosmetic_differences_keep_the_hash(res, tmp_path):
