@@ -1,10 +1,17 @@
-"""Attack throughput: the distat pool with 2 actors vs TextAttack's own single-process Attacker.
+"""Attack throughput: the distat pool with 2 actors vs TextAttack's own single-process Attacker, and the work
+cache's second trial vs its first.
 
 The same 40 shared SST-2 test sentences, the same TextFooler recipe (distat's offline build of it), the
 packaged MiniLM fine-tuned briefly on SST-2 train rows. Both sides are timed from "the victim model is
 in memory" to "every example has a result", recipe construction included (the pool builds its recipe in
 every actor, in parallel); starting Ray is reported apart, since a search has it running already.
-Outcomes (status and adversarial text) are compared example by example. The last line is JSON.
+TextAttack's side embeds with TextAttack's own sentence-encoder call (every text of a call, padded batches);
+distat's embeds each distinct text once, in unpadded equal-length groups. Outcomes (status and adversarial
+text) are compared example by example.
+
+The work cache (``cached_second_trial_vs_first``): a first victim attacks the examples with a search's work cache;
+a second victim (another seed) attacks them with that cache warm, and again with an empty cache; the ratio of the
+two times, and whether their outcomes are identical (``cache_identical_outcomes``). The last line is JSON.
 
     .venv/bin/python benchmarks/attack_throughput.py [--n 40] [--train-rows 800]
 
@@ -24,12 +31,12 @@ N_DEFAULT = 40
 
 
 
-def victim(train_rows: int):
+def victim(train_rows: int, seed: int = 13):
     from distat.config import parse_trial_config
     from distat.training import run_trial
 
     cfg = parse_trial_config({
-        "seed": 13,
+        "seed": seed,
         "data": {"path": str(shared_data() / "sst2"), "max_train_examples": train_rows, "max_dev_examples": 200,
                  "max_length": 64},
         "train": {"epochs": 1, "batch_size": 16, "lr": 3e-4},
@@ -64,6 +71,10 @@ def main() -> int:
     tokenizer.model_max_length = 64  # the wrapper pads every input to this length
     t0 = time.perf_counter()
     attack = build_attack("textfooler", ta.models.wrappers.HuggingFaceModelWrapper(model, tokenizer), paths)
+    for constraint in attack.constraints:  # TextAttack's SBERT call: every text of the call, one padded batch
+        if hasattr(constraint, "prime"):
+            constraint.encode = lambda texts, c=constraint: c.model.encode(texts, show_progress_bar=False,
+                                                                            convert_to_tensor=True)
     dataset = ta.datasets.Dataset([(e.text, e.label) for e in examples])
     attack_args = ta.AttackArgs(num_examples=len(examples), disable_stdout=True, silent=True, random_seed=0)
     baseline = ta.Attacker(attack, dataset, attack_args).attack_dataset()
@@ -88,6 +99,24 @@ def main() -> int:
     t_pool = time.perf_counter() - t0
     ray.shutdown()
 
+    # --- the work cache: a first victim fills it, a second one attacks with it warm, then with an empty one
+    import dataclasses
+    import tempfile as tf
+    from pathlib import Path
+
+    from distat.attacks.work_cache import WorkCacheRef
+
+    cache_root = Path(tf.mkdtemp(prefix="distat-work-cache-"))
+    warm_ref, cold_ref = WorkCacheRef(str(cache_root / "warm"), "bench"), WorkCacheRef(str(cache_root / "cold"), "bench")
+    AttackRunner(dataclasses.replace(job, work_cache=warm_ref), model, tokenizer).run(examples)
+    second, second_tokenizer, _ = victim(args.train_rows, seed=14)
+    t0 = time.perf_counter()
+    warm = AttackRunner(dataclasses.replace(job, work_cache=warm_ref), second, second_tokenizer).run(examples)
+    t_warm = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cold = AttackRunner(dataclasses.replace(job, work_cache=cold_ref), second, second_tokenizer).run(examples)
+    t_cold = time.perf_counter() - t0
+
     def outcome(status: str, text: str | None) -> tuple[str, str | None]:
         return status, text
 
@@ -108,6 +137,8 @@ def main() -> int:
         "pool2_examples_per_s": len(examples) / t_pool,
         "textattack_examples_per_s": len(examples) / t_baseline,
         "identical_outcomes": identical / len(examples),
+        "cached_second_trial_vs_first": t_warm / t_cold,
+        "cache_identical_outcomes": sum(a == b for a, b in zip(warm, cold, strict=True)) / len(examples),
         "queries_per_success": total_queries / succeeded,
         "ray_init_s": t_ray,
         "n": len(examples),

@@ -354,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stopwords-ignore-case", action="store_true",
                    help="compare words with the stopword list lower-cased (default: TextAttack's case-sensitive "
                         "comparison, which lets a capitalised stopword be swapped)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="texts per victim and sentence-encoder forward (larger on a GPU; a speed setting, not part of "
+                        "the threat model)")
     p.add_argument("--csv", help="write every attacked example to this CSV")
     p.add_argument("--export", help="write the successful adversarial examples as a static TSV set")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -30,6 +30,7 @@ class AttackRequest:
     query_budget: int | None = None
     sim_threshold: float | None = None
     stopwords_ignore_case: bool = False
+    batch_size: int = 32  # texts per victim / sentence-encoder forward
     csv: str | None = None  # every attacked example
     export: str | None = None  # the successful adversarial examples as a static TSV set
 
@@ -49,6 +50,8 @@ def _check(req: AttackRequest) -> None:
         raise DistatError(f"unknown attack recipe {req.recipe!r} (choose from {', '.join(RECIPES)})")
     if req.n is not None and req.n <= 0:
         raise DistatError("--n must be positive")
+    if req.batch_size < 1:
+        raise DistatError("--batch-size must be positive")
     if req.actors < 0:
         raise DistatError("--actors must be 0 (attack in this process) or more")
     for flag, target in (("--csv", req.csv), ("--export", req.export)):
@@ -101,7 +104,7 @@ def attack(req: AttackRequest, where: AttackResources | None = None, *, notify: 
                             query_budget=req.query_budget, sim_threshold=req.sim_threshold,
                             stopwords_ignore_case=req.stopwords_ignore_case)
     job = AttackJob(recipe=req.recipe, resources=paths, options=options, text_fields=ds.text_fields,
-                    max_length=req.max_length, seed=req.seed)
+                    max_length=req.max_length, seed=req.seed, model_batch_size=req.batch_size)
     from distat.attacks.spec import threat_model
 
     spec = threat_model(job, examples, split=split_name, n=req.n, subset_seed=req.seed)

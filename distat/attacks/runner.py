@@ -20,6 +20,7 @@ from torch import nn
 
 from distat.attacks.metrics import AttackRecord
 from distat.attacks.recipes import AttackOptions, build_attack
+from distat.attacks.work_cache import ExampleWork, WorkCache, WorkCacheRef, example_digest
 from distat.resources import ResourcePaths
 
 
@@ -39,7 +40,8 @@ class AttackJob:
     text_fields: tuple[str, ...] = ("sentence",)
     max_length: int = 128
     seed: int = 0
-    model_batch_size: int = 32
+    model_batch_size: int = 32  # texts per victim forward and per sentence-encoder forward (cosmetic: not in the spec)
+    work_cache: WorkCacheRef | None = None  # victim-independent work shared with other victims' attacks
 
 
 def example_seed(seed: int, index: int) -> int:
@@ -70,6 +72,14 @@ class AttackRunner:
         self.wrapper = ClassifierWrapper(model, tokenizer, max_length=job.max_length,
                                          batch_size=job.model_batch_size)
         self.attack = build_attack(job.recipe, self.wrapper, job.resources, job.options, job.text_fields)
+        from distat.attacks.textattack_parts import SentenceSimilarity, SpacyPartOfSpeech
+
+        self.encoders = [c for c in self.attack.constraints if isinstance(c, SentenceSimilarity)]
+        self.taggers = [c for c in self.attack.constraints if isinstance(c, SpacyPartOfSpeech)]
+        self.attack.goal_function.batch_size = job.model_batch_size  # TextAttack's chunks of the victim's queries
+        for encoder in self.encoders:
+            encoder.batch_size = job.model_batch_size
+        self.cache = WorkCache(job.work_cache) if job.work_cache is not None else None
 
     def _attacked_text(self, ex: Example) -> Any:
         from collections import OrderedDict
@@ -80,12 +90,30 @@ class AttackRunner:
         return self.ta.shared.AttackedText(OrderedDict([(first, ex.other_text), (second, ex.text)]))
 
     def attack_one(self, ex: Example) -> AttackRecord:
+        digest = example_digest(ex.index, ex.text, ex.other_text, ex.label)
+        known = self.cache.load(digest) if self.cache is not None else ExampleWork()
+        for encoder in self.encoders:
+            encoder.prime(known.embeddings)
+        for tagger in self.taggers:
+            tagger.prime(known.tags)
         s = example_seed(self.job.seed, ex.index)
         random.seed(s)
         np.random.seed(s)
         torch.manual_seed(s)
         result = self.attack.attack(self._attacked_text(ex), ex.label)
+        if self.cache is not None:
+            new = ExampleWork()
+            for encoder in self.encoders:
+                new.embeddings.update(encoder.take_computed())
+            for tagger in self.taggers:
+                new.tags.update(tagger.take_computed())
+            self.cache.save(digest, new)
         return to_record(self.ta, ex, result, self.job.text_fields[-1])
+
+    def cache_stats(self) -> dict[str, int]:
+        """Sentence-encoder texts found in the memo or the work cache (hits) and embedded (misses)."""
+        return {"encoder_hits": sum(e.hits for e in self.encoders),
+                "encoder_misses": sum(e.misses for e in self.encoders)}
 
     def run(self, examples: Sequence[Example], progress: Callable[[AttackRecord], None] | None = None
             ) -> list[AttackRecord]:

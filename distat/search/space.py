@@ -543,6 +543,12 @@ class AttackSettings(Strict):
     # also score every trial on the ADA victim's adversarial examples of the same subset (static evaluation,
     # AMDA's Table 1), logged as static_robust_acc next to the targeted robust_acc
     static: StrictBool = False
+    # keep the victim-independent work of each attacked example (sentence embeddings, part-of-speech tags) in the
+    # search folder for the next trial's attack of it (distat.attacks.work_cache): speed only, never an outcome
+    cache: StrictBool = True
+    # texts per victim forward and per sentence-encoder forward: larger on a GPU. A speed setting, not part of the
+    # threat model: sentence embeddings do not depend on it; the victim's padded batches do, in their last bits
+    batch_size: StrictInt = Field(default=32, ge=1)
 
     @property
     def in_train_worker(self) -> bool:

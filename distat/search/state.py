@@ -32,6 +32,7 @@ TRAIN_RESULT_FILE = "train_result.json"
 FINAL_FILE = "final.json"
 STARTS_FILE = "train_starts.jsonl"
 TRIALS_DIR = "trials"
+WORK_CACHE_DIR = "attack_cache"
 
 
 class _Record(BaseModel):
@@ -73,6 +74,11 @@ class SearchState(_Record):
 
     def trial_dir(self, trial_id: str) -> Path:
         return self.dir / TRIALS_DIR / trial_id
+
+    @property
+    def work_cache(self) -> Path:
+        """The attack work cache every trial's attacks share (:mod:`distat.attacks.work_cache`)."""
+        return self.dir / WORK_CACHE_DIR
 
     def save(self) -> Path:
         return write_json(self.dir / STATE_FILE, self.model_dump(mode="json", by_alias=True))

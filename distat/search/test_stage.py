@@ -145,7 +145,8 @@ def run_test_stage(state: SearchState, stage: TestStageSettings, *, tracking_uri
                 progress(trial_id, name, count, total)
 
         metrics = evaluate_checkpoint(att, state.resources, checkpoint, out, split=stage.split, n=stage.n, seed=seed,
-                                      tally=tally, progress=step, clean_split=True, weights=weights)
+                                      tally=tally, progress=step, clean_split=True, weights=weights,
+                                      work_cache=state.work_cache)
         prefixed = {f"{PREFIX}{k}": v for k, v in metrics.items()}
         write_json(out / METRICS_FILE, {"stage_key": key, "reasons": reasons, "split": stage.split,
                                         "metrics": prefixed}, sort_keys=True)

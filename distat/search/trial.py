@@ -113,7 +113,8 @@ def run_trial(config: dict[str, Any], state: SearchState) -> None:
         from distat.search.evaluation import robust_eval
 
         t_eval = time.perf_counter()
-        final.update(robust_eval(scfg, state.resources, Path(summary.checkpoint), out, where=placement, generator=gen))
+        final.update(robust_eval(scfg, state.resources, Path(summary.checkpoint), out, where=placement, generator=gen,
+                                 work_cache=state.work_cache))
         final["time_attack_s"] = time.perf_counter() - t_eval
     final["time_train_s"] = fit_ended - fit_started
     if ada:

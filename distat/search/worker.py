@@ -16,7 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distat.search.state import ResourceRefs, TrainResult, WorkerJob, WorkerStart, record_start
+from distat.search.state import (
+    TRIALS_DIR,
+    WORK_CACHE_DIR,
+    ResourceRefs,
+    TrainResult,
+    WorkerJob,
+    WorkerStart,
+    record_start,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +66,10 @@ def train_worker(config: dict[str, Any]) -> None:
         from distat.search.evaluation import robust_eval
 
         t1 = time.perf_counter()
-        summary["robust"] = robust_eval(job.attack_in_worker, job.resources, result.checkpoint, out, device=device)
+        # the trial folder is <search>/trials/<id>: the search's work cache is beside trials/
+        cache = out.parent.parent / WORK_CACHE_DIR if out.parent.name == TRIALS_DIR else None
+        summary["robust"] = robust_eval(job.attack_in_worker, job.resources, result.checkpoint, out, device=device,
+                                        work_cache=cache)
         summary["attack_s"] = time.perf_counter() - t1
         summary["attack_where"] = {"pid": os.getpid(), "node_id": workers[0].node_id}
     TrainResult.model_validate(summary).save(out)
