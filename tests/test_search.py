@@ -174,6 +174,12 @@ def test_amda_trials_share_one_pool_and_a_later_search_reuses_it(tmp_path, tiny_
     final2 = next((storage / "amda2").glob("trials/*/final.json"))
     assert json.loads(final2.read_text())["ada_pool"] == pools[0].name
 
+    # the test stage of an AMDA search scores each model on the victim's attack of the test subset too
+    assert main(["evaluate", str(storage / "amda1"), "--n", "4", "-q"]) == 0
+    tested = [json.loads(p.read_text())["metrics"] for p in (storage / "amda1").glob("trials/*/test/metrics.json")]
+    assert tested and all(0 <= m["test_static_robust_acc"] <= 1 and 0 <= m["test_robust_acc"] <= 1 for m in tested)
+    assert len([p for p in cache.glob("static-*") if p.suffix != ".lock"]) == 2  # the test subset's static set
+
 
 def test_unreachable_tracking_server_fails_before_any_training(tmp_path, tiny_model_dir, attack_paths, capsys):
     spec = search_yaml(tmp_path, tiny_model_dir, "nowhere")

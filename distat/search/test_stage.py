@@ -124,6 +124,11 @@ def run_test_stage(state: SearchState, stage: TestStageSettings, *, tracking_uri
     finished = finished_trials(folder)
     att = stage.attack(scfg.attack)
     seed = stage.seed if stage.seed is not None else scfg.seed
+    gen = None
+    if att.static:  # the ADA victim's attack of the test subset: the static set, from the search's shared cache
+        from distat.search.ada import generator
+
+        gen = generator(state)
     outcome = StageOutcome(split=stage.split)
     for trial_id, reasons in plan.items():
         trial_dir = folder / TRIALS_DIR / trial_id
@@ -146,7 +151,7 @@ def run_test_stage(state: SearchState, stage: TestStageSettings, *, tracking_uri
 
         metrics = evaluate_checkpoint(att, state.resources, checkpoint, out, split=stage.split, n=stage.n, seed=seed,
                                       tally=tally, progress=step, clean_split=True, weights=weights,
-                                      work_cache=state.work_cache)
+                                      work_cache=state.work_cache, generator=gen)
         prefixed = {f"{PREFIX}{k}": v for k, v in metrics.items()}
         write_json(out / METRICS_FILE, {"stage_key": key, "reasons": reasons, "split": stage.split,
                                         "metrics": prefixed}, sort_keys=True)
