@@ -18,8 +18,15 @@ Claims (adaptive-AT paper, Zhu et al., Table 2 on SST-2):
 - Eq. 8: the first-order (Taylor) picture of PGD's ascent is close, judged on PGD's logged ``taylor_error``
   (the relative error, averaged over its last epoch's steps) against ``TAYLOR_SMALL``: the seeds' mean and its
   t interval, no examples involved.
-AdvGLUE accuracies are in the table; the static set's per-example outcomes are not recorded, so no paired claim
-is made on it. The AMDA claims (ADA + mixup) are not run yet: see the README.
+AdvGLUE accuracies are in the table (its per-example outcomes are not recorded: no paired claim on it).
+
+Claims (AMDA paper, Si et al., Tables 1-3), for the presets with AMDA's rows (``ada``: standard fine-tuning with
+PWWS adversarial examples of the training rows; ``amda_tmix`` / ``amda_smix``: the same data with hidden-state
+mixup):
+- ``amda_* - ada`` and ``amda_* - standard`` robust accuracy > 0 under each recipe;
+- ``ada - standard`` clean < 0 (ADA costs clean accuracy) and ``amda_* - ada`` clean > 0 (mixup wins it back);
+- ``<row> static - targeted`` robust accuracy > 0: the ADA victim's adversarial versions of the test examples,
+  reused, overstate robustness compared with attacking the model itself (per example: ``<trial>/test/static.csv``).
 
 Presets: ``cpu`` (the packaged MiniLM on shared SST-2 rows; sized for about 90 minutes on 2 cores), ``gpu`` (a
 BERT-base-sized encoder given by ``--backbone``, on one GPU) and ``smoke`` (seconds per trial on a tiny model given
@@ -74,6 +81,30 @@ class Preset:
     gpus_per_actor: float = 0.0
     max_concurrent: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
+    # AMDA's rows (Si et al.): "ada" (standard fine-tuning on the rows plus PWWS adversarial examples of the first
+    # aug_ratio of them, attacked on a standard-fine-tuned victim) and "amda_tmix" / "amda_smix" (the same data,
+    # hidden-state mixup); with them every model is also scored on the victim's attack of the test subset (static)
+    amda: tuple[str, ...] = ()
+    aug_ratio: float = 1.0
+
+    def rows(self) -> list[tuple[str, dict[str, Any]]]:
+        """(row label, search point) of every model a seed trains; the cheapest (standard) last, since the trial
+        that runs alone once the others have finished should be short."""
+        plain = {"aug_ratio": 0.0} if self.amda else {}
+        out = [(m, {"method": m, **plain}) for m in self.methods]
+        for row in self.amda:
+            point = {"method": "standard"} if row == "ada" else {"method": "mixup", "mix_type": row.split("_")[1]}
+            out.append((row, {**point, "aug_ratio": self.aug_ratio}))
+        return sorted(out, key=lambda r: r[0] == "standard")
+
+
+def row_label(method: str, params: dict[str, Any]) -> str:
+    """The row a finished trial belongs to (:meth:`Preset.rows`), from its method and searched values."""
+    if method == "mixup":
+        return f"amda_{params.get('mix_type', 'tmix')}"
+    if method == "standard" and float(params.get("aug_ratio") or 0) > 0:
+        return "ada"
+    return method
 
 
 PRESETS = {
@@ -88,11 +119,12 @@ PRESETS = {
     "gpu": Preset(methods=("standard", "pgd", "adaptive_pgd", "freelb", "adaptive_freelb", "tavat", "adaptive_tavat"),
                   backbone="", train_rows=8000, dev_rows=500, max_length=64, epochs=2, batch_size=32,
                   recipes=("textfooler", "textbugger", "bae"), test_n=300, dev_n=100, seeds=(1, 2, 3),
-                  use_gpu=True, actors=4, test_actors=8, gpus_per_actor=0.1, max_concurrent=3),
+                  use_gpu=True, actors=4, test_actors=8, gpus_per_actor=0.1, max_concurrent=3,
+                  amda=("ada", "amda_tmix", "amda_smix"), aug_ratio=0.5),
     # the tests: a tiny model, a handful of rows, PWWS (WordNet only)
     "smoke": Preset(methods=("standard", "pgd", "adaptive_pgd"), backbone="", train_rows=48, dev_rows=16,
                     max_length=32, epochs=1, batch_size=16, recipes=("pwws",), test_n=6, dev_n=3, seeds=(1, 2),
-                    actors=0, test_actors=0, extra={"lr": 1e-3}),
+                    actors=0, test_actors=0, extra={"lr": 1e-3}, amda=("ada", "amda_tmix"), aug_ratio=0.5),
 }
 
 
@@ -118,11 +150,18 @@ def search_config(preset: Preset, seed: int, name: str, backbone: str) -> Any:
                      "objective": preset.recipes[0]}
     raw["evaluate"] = {"n": preset.test_n, "seed": 0, "best_per_method": False, "actors": preset.test_actors,
                        "static_sets": [{"name": "advglue", "path": str(shared_data() / "advglue" / "sst2.tsv")}]}
-    # the cheapest trial last: it is the one that runs alone once the others have finished
-    points = sorted(preset.methods, key=lambda m: m == "standard")
-    raw["search"].update(num_samples=len(preset.methods), max_concurrent=preset.max_concurrent,
-                         points=[{"method": m} for m in points])
-    raw["params"] = {"method": {"choice": list(preset.methods)}}
+    rows = preset.rows()
+    methods = list(dict.fromkeys(point["method"] for _, point in rows))
+    raw["search"].update(num_samples=len(rows), max_concurrent=preset.max_concurrent,
+                         points=[point for _, point in rows])
+    raw["params"] = {"method": {"choice": methods}}
+    if preset.amda:  # AMDA's paper: PWWS on the training rows, at most 30% of the words; the victim as trained here
+        trial["augment"] = {"recipe": "pwws", "max_modify_rate": 0.3, "actors": preset.actors,
+                            "victim": {"epochs": preset.epochs}}
+        raw["attack"]["static"] = True
+        raw["params"]["aug_ratio"] = {"choice": [0.0, preset.aug_ratio]}
+        if "mixup" in methods:
+            raw["params"]["mix_type"] = {"choice": ["tmix", "smix"], "when": {"method": ["mixup"]}}
     raw["resources"] = {"num_workers": 1, "use_gpu": preset.use_gpu, "cpus_per_worker": 1,
                         **({"gpus_per_worker": 1} if preset.use_gpu else {})}
     return parse_search_config(raw, f"paper_tables:{name}")
@@ -139,7 +178,7 @@ def run_seed(preset: Preset, seed: int, name: str, backbone: str, storage: Path,
     if not (folder / STATE_FILE).is_file():
         search(search_config(preset, seed, name, backbone), storage=storage, tracking_uri=uri,
                notify=lambda line: print(line, file=sys.stderr))
-    elif len(finished_trials(folder)) < len(preset.methods):
+    elif len(finished_trials(folder)) < len(preset.rows()):
         resume(folder, tracking_uri=uri)
     trials = sorted(finished_trials(folder))
     evaluate(folder, trials=trials, only=True, tracking_uri=uri, notify=lambda line: print(line, file=sys.stderr))
@@ -160,7 +199,7 @@ def outcomes(folder: Path, stem: str) -> tuple[list[float], list[float]] | None:
 def collect(folders: dict[int, Path], preset: Preset) -> dict[str, dict[int, dict[str, Any]]]:
     """method -> seed -> its test metrics and per-example outcomes."""
     from distat.search.driver import trial_points
-    from distat.search.evaluation import attack_stem
+    from distat.search.evaluation import STATIC_FILE, attack_stem, read_static_outcomes
     from distat.search.state import SearchState, TrialResult
     from distat.search.test_stage import read_test_metrics
 
@@ -173,10 +212,12 @@ def collect(folders: dict[int, Path], preset: Preset) -> dict[str, dict[int, dic
             metrics = read_test_metrics(trial_dir)
             if point.method is None or metrics is None:
                 continue
+            label = row_label(point.method, point.params)
             per = {r: outcomes(trial_dir, attack_stem(att, r)) for r in preset.recipes}
             train = TrialResult.load(trial_dir).train
-            out.setdefault(point.method, {})[seed] = {"metrics": metrics, "outcomes": per,
-                                                      "taylor_error": train.get("taylor_error")}
+            static = read_static_outcomes(trial_dir / "test" / STATIC_FILE)
+            out.setdefault(label, {})[seed] = {"metrics": metrics, "outcomes": per, "static": static,
+                                               "taylor_error": train.get("taylor_error")}
     return out
 
 
@@ -229,6 +270,30 @@ def claims(data: dict[str, dict[int, dict[str, Any]]], preset: Preset) -> dict[s
                 d = grouped_paired_difference(groups)
                 result[f"pgd-{other} clean (PGD lowest)"] = {"diff": d.diff, "lo": d.lo, "hi": d.hi, "n": d.n,
                                                              "verdict": judge(d.lo, d.hi, -1)}
+    def judged(groups: list[tuple[list[float], list[float]]], sign: int) -> dict[str, Any]:
+        d = grouped_paired_difference(groups)
+        return {"diff": d.diff, "lo": d.lo, "hi": d.hi, "n": d.n, "verdict": judge(d.lo, d.hi, sign)}
+
+    # AMDA (Si et al.): mixup over ADA alone and over standard fine-tuning (robust), ADA's clean cost and mixup
+    # winning it back, and static evaluation (the victim's attack reused) overstating robustness
+    mixed = [r for r in preset.amda if r != "ada" and r in data]
+    for row in mixed:
+        for recipe in preset.recipes:
+            for other in ("ada", "standard"):
+                if groups := pairs(row, other, recipe, 1):
+                    result[f"{row}-{other} robust {recipe}"] = judged(groups, +1)
+        if groups := pairs(row, "ada", first, 0):
+            result[f"{row}-ada clean (mixup wins ADA's cost back)"] = judged(groups, +1)
+    if "ada" in data and (groups := pairs("ada", "standard", first, 0)):
+        result["ada-standard clean (ADA costs clean accuracy)"] = judged(groups, -1)
+    for row in (r for r in preset.amda if r in data):
+        groups = []
+        for s in sorted(data[row]):
+            static, targeted = data[row][s]["static"], data[row][s]["outcomes"].get(first)
+            if static and targeted and len(static) == len(targeted[1]):
+                groups.append(([float(static[i]) for i in sorted(static)], targeted[1]))
+        if groups:
+            result[f"{row} static-targeted robust {first} (static overstates)"] = judged(groups, +1)
     taylor = [s["taylor_error"] for s in data.get("pgd", {}).values() if s.get("taylor_error") is not None]
     if taylor:
         mean, lo, hi = _mean_interval(taylor)
@@ -258,10 +323,10 @@ def table(data: dict[str, dict[int, dict[str, Any]]], preset: Preset) -> list[st
 
     from distat.paired import grouped_paired_difference
 
-    columns = ["clean", *preset.recipes, "advglue"]
+    columns = ["clean", *preset.recipes, "advglue", *(["static"] if preset.amda else [])]
     lines = ["| method | seeds | " + " | ".join(f"{c} %" for c in columns) + " |",
              "|:--|--:|" + "--:|" * len(columns)]
-    for method in (m for m in preset.methods if m in data):
+    for method in (row for row, _ in sorted(preset.rows(), key=lambda r: _ROW_ORDER.get(r[0], 99)) if row in data):
         seeds, cells = data[method], []
         clean = [s["metrics"]["test_clean_acc"] for s in seeds.values()]
         cells.append(_mean_ci(np.asarray(clean)))
@@ -276,8 +341,16 @@ def table(data: dict[str, dict[int, dict[str, Any]]], preset: Preset) -> list[st
                 cells.append("–")
         adv = [s["metrics"].get("test_robust_acc.advglue") for s in seeds.values()]
         cells.append(_mean_ci(np.asarray([a for a in adv if a is not None])))
+        if preset.amda:  # the ADA victim's attack of the same test examples, reused (AMDA's Table 1)
+            static = [s["metrics"].get("test_static_robust_acc") for s in seeds.values()]
+            cells.append(_mean_ci(np.asarray([a for a in static if a is not None])))
         lines.append(f"| {method} | {len(seeds)} | " + " | ".join(cells) + " |")
     return lines
+
+
+# the table's row order: the adaptive-AT paper's Table 2, then AMDA's rows
+_ROW_ORDER = {row: i for i, row in enumerate(("standard", "pgd", "adaptive_pgd", "freelb", "adaptive_freelb", "tavat",
+                                              "adaptive_tavat", "ada", "amda_tmix", "amda_smix"))}
 
 
 def spec_hashes(data: dict[str, dict[int, dict[str, Any]]], preset: Preset) -> list[str]:
@@ -340,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     today = datetime.date.today().isoformat()
     lines = [f"# paper_tables, preset {args.preset}, {today}", "",
              f"- machine: {machine()}", f"- git revision: {git_revision()}", f"- seeds: {list(seeds)}",
-             f"- backbone: {backbone}; methods: {', '.join(preset.methods)}; recipes: {', '.join(preset.recipes)} "
+             f"- backbone: {backbone}; rows: {', '.join(sorted((r for r, _ in preset.rows()), key=lambda r: _ROW_ORDER.get(r, 99)))}; recipes: {', '.join(preset.recipes)} "
              f"+ AdvGLUE; {preset.test_n} attacked test examples per model (the same for every model)",
              f"- threat-model spec hashes: {'; '.join(spec_hashes(data, preset))}",
              f"- wall (this run; finished searches and attacks are reused): {wall:.0f} s", "", "## Test numbers (mean over seeds, 95% interval)", "",

@@ -1,6 +1,6 @@
-"""benchmarks/paper_tables.py end to end on its smoke preset (a tiny model, 2 seeds, 3 methods): the claims
-come out as paired differences with verdicts, the results file holds the table, and a second run reuses every
-finished search and attack (resumable)."""
+"""benchmarks/paper_tables.py end to end on its smoke preset (a tiny model, 2 seeds, 3 methods and 2 AMDA rows):
+the claims come out as paired differences with verdicts, the results file holds the table, and a second run reuses
+every finished search and attack (resumable)."""
 
 from __future__ import annotations
 
@@ -30,14 +30,19 @@ def test_paper_tables_smoke_preset_judges_claims_and_resumes(tiny_model_dir, att
     result, _ = _run(tiny_model_dir, tmp_path)
     claims = result["claims"]
     taylor = "pgd Eq. 8 taylor error < 10% of the loss"
-    assert set(claims) == {"adaptive_pgd-pgd robust pwws", "adaptive_pgd-pgd clean within ±0.6", taylor}
+    assert set(claims) == {"adaptive_pgd-pgd robust pwws", "adaptive_pgd-pgd clean within ±0.6", taylor,
+                           "amda_tmix-ada robust pwws", "amda_tmix-standard robust pwws",
+                           "amda_tmix-ada clean (mixup wins ADA's cost back)",
+                           "ada-standard clean (ADA costs clean accuracy)",
+                           "ada static-targeted robust pwws (static overstates)",
+                           "amda_tmix static-targeted robust pwws (static overstates)"}
     for claim in claims.values():
         assert claim["lo"] <= claim["diff"] <= claim["hi"]
         assert claim["verdict"] in ("reproduced", "refuted", "unresolved")
     assert claims[taylor]["diff"] > 0  # PGD's trials logged Eq. 8's error (a relative error, never 0 here)
     text = Path(result["results"]).read_text()
-    for method in ("standard", "pgd", "adaptive_pgd"):
-        assert f"| {method} | 2 |" in text
+    for row in ("standard", "pgd", "adaptive_pgd", "ada", "amda_tmix"):
+        assert f"| {row} | 2 |" in text
     assert "git revision" in text and "Claims" in text
     # one threat-model spec per column: every model was attacked under the same settings
     hashes = next(line for line in text.splitlines() if line.startswith("- threat-model spec hashes:"))
@@ -45,9 +50,12 @@ def test_paper_tables_smoke_preset_judges_claims_and_resumes(tiny_model_dir, att
 
     # every model of both seeds was attacked on the same test examples; a second run attacks nothing again
     journals = sorted((tmp_path / "work").glob("smoke/searches/*/trials/*/test/attack.pwws.jsonl"))
-    assert len(journals) == 6
+    assert len(journals) == 10
+    # the AMDA rows' models were also scored on the ADA victim's attack of the same test examples, per example
+    statics = sorted((tmp_path / "work").glob("smoke/searches/*/trials/*/test/static.csv"))
+    assert len(statics) == 10 and all(len(p.read_text().splitlines()) == 7 for p in statics)
     before = {p: p.stat().st_mtime_ns for p in journals}
     again, stderr = _run(tiny_model_dir, tmp_path)
     assert again["claims"] == claims
     assert {p: p.stat().st_mtime_ns for p in journals} == before
-    assert stderr.count("already evaluated on test") == 6
+    assert stderr.count("already evaluated on test") == 10

@@ -288,10 +288,17 @@ def static_accuracy(module: Any, tokenizer: Any, records: Sequence[Any], *, max_
                     device: Any = None) -> float:
     """Accuracy of ``module`` on the static set: each example as the victim's attack left it (the adversarial
     text where the attack succeeded, the original otherwise)."""
+    correct = static_outcomes(module, tokenizer, records, max_length=max_length, batch_size=batch_size, device=device)
+    return sum(correct) / len(correct) if correct else 0.0
+
+
+def static_outcomes(module: Any, tokenizer: Any, records: Sequence[Any], *, max_length: int, batch_size: int = 64,
+                    device: Any = None) -> list[bool]:
+    """Per example of the static set (in ``records``' order): whether ``module`` classifies it correctly as the
+    victim's attack left it."""
     import torch
 
-    from distat.data import encode
-    from distat.training import evaluate
+    from distat.data import encode, iter_batches
 
     pairs = any(r.other_text is not None for r in records)
     texts = [r.perturbed_text if r.status == "success" and r.perturbed_text else r.text for r in records]
@@ -299,5 +306,16 @@ def static_accuracy(module: Any, tokenizer: Any, records: Sequence[Any], *, max_
                   text_b=texts if pairs else None, labels=[r.label for r in records], source="static")
     device = device or next(module.parameters()).device
     encoded = encode(split, tokenizer, max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    correct: list[bool] = []
+    was_training = module.training
+    module.eval()
     with torch.no_grad():
-        return evaluate(module, encoded, batch_size, device, tokenizer.pad_token_id)["clean_acc"]
+        for batch in iter_batches(encoded, batch_size, pad_token_id=pad_id):
+            labels = batch.pop("labels")
+            if getattr(module.config, "type_vocab_size", 0) <= 1:
+                batch.pop("token_type_ids", None)
+            logits = module(**{k: v.to(device) for k, v in batch.items()}).logits
+            correct.extend((logits.argmax(-1).cpu() == labels).tolist())
+    module.train(was_training)
+    return correct

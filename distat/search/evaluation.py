@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distat.atomic import write_json
+from distat.atomic import write_json, write_text
 from distat.search.space import WORST_CASE, AttackSettings, SearchConfig
 from distat.search.state import ResourceRefs
 
@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROGRESS_FILE = "attack_progress.json"
+STATIC_FILE = "static.csv"
+"""With ``attack.static``: per attacked example (``index``), whether the model classified the ADA victim's
+adversarial version of it correctly (``correct`` 0/1): what ``static_robust_acc`` averages."""
 _CLASS_PREFIX = "robust_"  # the per-class scores under attack (robust_macro_f1, robust_recall.<c>...)
 _RECIPE_KEYS = ("attack_success_rate", "attack_success_rate_lo", "attack_success_rate_hi", "perturbed_word_pct",
                 "avg_queries", "skipped", "failed", "succeeded")
@@ -147,15 +150,39 @@ def evaluate_checkpoint(att: AttackSettings, refs: ResourceRefs, checkpoint: Pat
     out_metrics.update({k: v for k, v in first.items() if k.startswith(_CLASS_PREFIX) and not k.startswith("robust_acc")})
     if ds_all is not None:
         from distat.attacks.metrics import summarize as summarize_records
-        from distat.augment.ada import static_accuracy
+        from distat.augment.ada import static_outcomes
 
         if generator is None:
             raise ValueError("attack.static needs the search's ADA generator")
         first_job = next(iter(jobs.values()))
         static = generator.static_set(tcfg, ds_all, examples, first_job)
-        out_metrics["static_robust_acc"] = static_accuracy(model, tokenizer, static, max_length=tcfg.data.max_length)
+        correct = static_outcomes(model, tokenizer, static, max_length=tcfg.data.max_length)
+        write_static_outcomes(out / STATIC_FILE, static, correct)
+        out_metrics["static_robust_acc"] = sum(correct) / len(correct) if correct else 0.0
         out_metrics["victim_robust_acc"] = summarize_records(static).robust_acc
     return out_metrics
+
+
+def write_static_outcomes(path: Path, records: list[Any], correct: list[bool]) -> None:
+    """:data:`STATIC_FILE`: one row per static-set example, by the attacked subset's index."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["index", "correct"])
+    writer.writerows([r.index, int(c)] for r, c in zip(records, correct, strict=True))
+    write_text(path, buffer.getvalue())
+
+
+def read_static_outcomes(path: Path) -> dict[int, bool] | None:
+    """:data:`STATIC_FILE` as index -> correct, or None when there is none."""
+    import csv
+
+    if not path.is_file():
+        return None
+    with path.open(encoding="utf-8", newline="") as handle:
+        return {int(row["index"]): row["correct"] == "1" for row in csv.DictReader(handle)}
 
 
 def _clean_scores(model: Any, tokenizer: Any, split: Any, max_length: int) -> dict[str, float]:
