@@ -242,6 +242,10 @@ def claims(data: dict[str, dict[int, dict[str, Any]]], preset: Preset) -> dict[s
                 out.append((x[which], y[which]))
         return out
 
+    def judged(groups: list[tuple[list[float], list[float]]], sign: int) -> dict[str, Any]:
+        d = grouped_paired_difference(groups)
+        return {"diff": d.diff, "lo": d.lo, "hi": d.hi, "n": d.n, "verdict": judge(d.lo, d.hi, sign)}
+
     result: dict[str, dict[str, Any]] = {}
     first = preset.recipes[0]
     bases = [m for m in ("pgd", "freelb", "tavat") if m in data]
@@ -250,11 +254,8 @@ def claims(data: dict[str, dict[int, dict[str, Any]]], preset: Preset) -> dict[s
         if adaptive not in data:
             continue
         for recipe in preset.recipes:
-            groups = pairs(adaptive, base, recipe, 1)
-            if groups:
-                d = grouped_paired_difference(groups)
-                result[f"{adaptive}-{base} robust {recipe}"] = {"diff": d.diff, "lo": d.lo, "hi": d.hi, "n": d.n,
-                                                               "verdict": judge(d.lo, d.hi, +1)}
+            if groups := pairs(adaptive, base, recipe, 1):
+                result[f"{adaptive}-{base} robust {recipe}"] = judged(groups, +1)
         groups = pairs(adaptive, base, first, 0)
         if groups:
             d = grouped_paired_difference(groups)
@@ -264,15 +265,8 @@ def claims(data: dict[str, dict[int, dict[str, Any]]], preset: Preset) -> dict[s
                 "diff": d.diff, "lo": d.lo, "hi": d.hi, "n": d.n,
                 "verdict": "reproduced" if inside else "refuted" if outside else "unresolved"}
     for other in (m for m in bases if m != "pgd"):
-        if "pgd" in data:
-            groups = pairs("pgd", other, first, 0)
-            if groups:
-                d = grouped_paired_difference(groups)
-                result[f"pgd-{other} clean (PGD lowest)"] = {"diff": d.diff, "lo": d.lo, "hi": d.hi, "n": d.n,
-                                                             "verdict": judge(d.lo, d.hi, -1)}
-    def judged(groups: list[tuple[list[float], list[float]]], sign: int) -> dict[str, Any]:
-        d = grouped_paired_difference(groups)
-        return {"diff": d.diff, "lo": d.lo, "hi": d.hi, "n": d.n, "verdict": judge(d.lo, d.hi, sign)}
+        if "pgd" in data and (groups := pairs("pgd", other, first, 0)):
+            result[f"pgd-{other} clean (PGD lowest)"] = judged(groups, -1)
 
     # AMDA (Si et al.): mixup over ADA alone and over standard fine-tuning (robust), ADA's clean cost and mixup
     # winning it back, and static evaluation (the victim's attack reused) overstating robustness
