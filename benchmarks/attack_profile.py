@@ -165,9 +165,19 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from distat import resources
+    from distat.attacks.recipes import check_recipe
+    from distat.errors import DistatError
 
     torch.set_num_threads(1)  # as in an attack actor with one CPU
     paths = resources.resolve(resources.cache_dir())
+    recipes = []
+    for recipe in args.recipes:  # a recipe without its resources is left out with one line (BAE needs the MLM)
+        try:
+            check_recipe(resources.cache_dir(), None, recipe)
+            recipes.append(recipe)
+        except DistatError as exc:
+            print(f"attack_profile: skipping {recipe}: {exc}", file=sys.stderr)
+    args.recipes = recipes
     result: dict[str, dict[str, Any]] = {}
     accuracy: dict[str, float] = {}
     for dataset in args.datasets:
