@@ -31,9 +31,10 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from distat.atomic import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,6 @@ class WorkCache:
         self.folder = Path(ref.root) / ref.spec_hash
         self.writer = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.broken: str | None = None
-        self.hits = self.misses = 0
 
     def _give_up(self, what: str, exc: BaseException) -> None:
         if self.broken is None:
@@ -111,14 +111,8 @@ class WorkCache:
         vectors = (np.stack([new.embeddings[t] for t in texts]).astype(np.float32) if texts
                    else np.zeros((0, width), dtype=np.float32))
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f".{self.writer}-{uuid.uuid4().hex[:8]}.npz"
-            with open(tmp, "wb") as handle:
+            with atomic_file(folder / f"{self.writer}-{uuid.uuid4().hex[:8]}.npz") as part, open(part, "wb") as handle:
                 np.savez(handle, texts=np.asarray(texts, dtype=str), embeddings=vectors,
                          tags=np.asarray(json.dumps(new.tags, ensure_ascii=True)))
-            os.replace(tmp, folder / f"{self.writer}-{uuid.uuid4().hex[:8]}.npz")
         except OSError as exc:
             self._give_up("writing", exc)
-
-    def stats(self) -> dict[str, Any]:
-        return {"hits": self.hits, "misses": self.misses, "broken": self.broken}

@@ -284,14 +284,6 @@ def prepare_trial(cfg: TrialConfig, trial_dir: Path, generator: Generator) -> tu
     return cfg.model_copy(update={"data": data}), {"ada_examples": float(len(rows)), "ada_pool": pool.name}
 
 
-def static_accuracy(module: Any, tokenizer: Any, records: Sequence[Any], *, max_length: int, batch_size: int = 64,
-                    device: Any = None) -> float:
-    """Accuracy of ``module`` on the static set: each example as the victim's attack left it (the adversarial
-    text where the attack succeeded, the original otherwise)."""
-    correct = static_outcomes(module, tokenizer, records, max_length=max_length, batch_size=batch_size, device=device)
-    return sum(correct) / len(correct) if correct else 0.0
-
-
 def static_outcomes(module: Any, tokenizer: Any, records: Sequence[Any], *, max_length: int, batch_size: int = 64,
                     device: Any = None) -> list[bool]:
     """Per example of the static set (in ``records``' order): whether ``module`` classifies it correctly as the
