@@ -544,7 +544,8 @@ class AttackSettings(Strict):
     # AMDA's Table 1), logged as static_robust_acc next to the targeted robust_acc
     static: StrictBool = False
     # keep the victim-independent work of each attacked example (sentence embeddings, part-of-speech tags) in the
-    # search folder for the next trial's attack of it (distat.attacks.work_cache): speed only, never an outcome
+    # search folder for the next trial's attack of it (distat.attacks.work_cache): a speed setting; a stored
+    # embedding agrees with a recomputed one to float rounding (about 1e-7), as two uncached calls already do
     cache: StrictBool = True
     # texts per victim forward and per sentence-encoder forward: larger on a GPU. A speed setting, not part of the
     # threat model: sentence embeddings do not depend on it; the victim's padded batches do, in their last bits
