@@ -230,7 +230,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     from distat.app import search
     from distat.search.space import load_search_config
 
-    return _finish(search(load_search_config(args.config), storage=args.storage, tracking_uri=args.tracking_uri,
+    config = load_search_config(args.config)
+    if args.warm_start is not None:
+        config = config.model_copy(update={"search": config.search.model_copy(update={"warm_start": args.warm_start})})
+    return _finish(search(config, storage=args.storage, tracking_uri=args.tracking_uri,
                           address=args.address, cache_dir=args.cache_dir, resource_overrides=_overrides(args),
                           listener=print_trial_event, notify=_say))
 
@@ -239,6 +242,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from distat.app import resume
 
     return _finish(resume(args.search_dir, address=args.address, tracking_uri=args.tracking_uri,
+                          cache_dir=args.cache_dir, listener=print_trial_event, notify=_say))
+
+
+def cmd_extend(args: argparse.Namespace) -> int:
+    from distat.app import extend
+
+    return _finish(extend(args.search_dir, args.trials, address=args.address, tracking_uri=args.tracking_uri,
                           cache_dir=args.cache_dir, listener=print_trial_event, notify=_say))
 
 
@@ -294,6 +304,16 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"{kind}: {path}")
     print(f"open it in MLflow: mlflow ui --backend-store-uri {outcome.tracking_uri}")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -376,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default="runs/searches", help="search results folder (shared by all nodes)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite mlflow.db in this folder)")
     p.add_argument("--address", help="an existing Ray cluster, e.g. auto (default: start a local one)")
+    p.add_argument("--warm-start", metavar="SEARCH_DIR",
+                   help="a previous search whose finished trials (those fitting this space and threat model) the "
+                        "sampler starts from (overrides search.warm_start)")
     resource_flags(p)
     p.set_defaults(func=cmd_search)
 
@@ -391,6 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("search_dir")
     moved_flags(p, "; a new one is saved in the search folder")
     p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("extend", help="run N more trials in a search's study (after it finished, was stopped or "
+                                      "was killed): same searcher history, MLflow parent run, storage and spec")
+    p.add_argument("search_dir")
+    p.add_argument("--trials", type=_positive_int, required=True, help="how many more trials")
+    moved_flags(p, "; a new one is saved in the search folder")
+    p.set_defaults(func=cmd_extend)
 
     p = sub.add_parser("pareto", help="print a search's Pareto front and rewrite its CSV/PNG/HTML")
     p.add_argument("search_dir")

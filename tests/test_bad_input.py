@@ -262,6 +262,13 @@ def _resume_with(flag: str, value: Callable[[], str]) -> Callable[[Ctx], Expect]
     return build
 
 
+def _extend_with(*flags: str) -> Callable[[Ctx], Expect]:
+    def build(ctx: Ctx) -> Expect:
+        folder = ctx.fake_search_dir()
+        return Expect(["extend", folder, *(f.format(port=free_port()) for f in flags)], unchanged=[folder])
+    return build
+
+
 def _corrupt_state(ctx: Ctx) -> Expect:
     folder = ctx.inp / "searches" / "s"
     folder.mkdir(parents=True)
@@ -312,6 +319,11 @@ CASES = [
     Case("search-misspelt-flag", lambda ctx: Expect(["search", ctx.search_yaml(), "--storrage", ctx.storage],
                                                     absent=[ctx.storage]),
          "unrecognized arguments: --storrage"),
+    Case("extend-not-a-search", lambda ctx: Expect(["extend", ctx.inp, "--trials", "2"], unchanged=[ctx.inp]),
+         "not a distat search directory"),
+    Case("extend-zero-trials", _extend_with("--trials", "0"), "--trials: must be a whole number of at least 1, got '0'"),
+    Case("extend-unreachable-tracking-uri", _extend_with("--trials", "1", "--tracking-uri", "http://127.0.0.1:{port}"),
+         "is unreachable"),
     Case("resume-unreachable-tracking-uri", _resume_with("--tracking-uri", lambda: f"http://127.0.0.1:{free_port()}"),
          "is unreachable"),
 ]

@@ -99,6 +99,39 @@ def test_search_runs_trials_and_logs_parent_and_children(tmp_path, tiny_model_di
     assert main(["pareto", str(search_dir)]) == 0
     assert "Pareto front" in capsys.readouterr().out
 
+    # `distat extend` on the finished search: one more trial in the same study, every earlier one kept once
+    before = {p.parent.name: p.stat().st_mtime_ns for p in search_dir.glob("trials/*/final.json")}
+    assert main(["extend", str(search_dir), "--trials", "1", "--tracking-uri", mlflow_server]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front" in out and "of 5 trials" in out
+    after = {p.parent.name: p.stat().st_mtime_ns for p in search_dir.glob("trials/*/final.json")}
+    assert len(after) == 5 and {k: after[k] for k in before} == before  # the earlier trials were not re-run
+    history = optuna_history(search_dir)  # the same study, grown by one complete trial
+    assert [t["state"] for t in history] == ["COMPLETE"] * 5
+    assert json.loads((search_dir / "distat_search.json").read_text())["search"]["search"]["num_samples"] == 5
+    runs = client.search_runs([exp.experiment_id])
+    assert len([r for r in runs if "mlflow.parentRunId" not in r.data.tags]) == 1  # the same parent run
+    assert sorted(r.data.tags["distat.trial_id"] for r in runs if "mlflow.parentRunId" in r.data.tags) == sorted(after)
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    front = (search_dir / "pareto" / "pareto.csv").read_text()
+    assert all(trial_id in front for trial_id in after)  # the front's table was rewritten with every trial
+
+    # a new search warm-started from this one: every finished trial fits its space and its threat model (the
+    # spec hash it plans equals the one the trials recorded), so the new study starts with all 5 of them
+    warm = search_yaml(tmp_path, tiny_model_dir, "tiny4w", num_samples=1,
+                       updates={"search": {"warm_start": str(search_dir)}})
+    assert main(["search", str(warm), "--storage", str(storage), "--tracking-uri", mlflow_server]) == 0
+    err = capsys.readouterr().err
+    assert f"warm start from {search_dir}: 5 of 5 finished trial(s) used" in err, err
+    history = optuna_history(storage / "tiny4w")
+    assert [t["state"] for t in history] == ["COMPLETE"] * 6
+    assert sorted(t["user_attrs"]["warm_start"] for t in history[:5]) == sorted(str(search_dir / "trials" / t)
+                                                                                for t in after)
+    assert "warm_start" not in history[5]["user_attrs"]  # the new search's own trial
+    new_parent = [r for r in client.search_runs([client.get_experiment_by_name("tiny4w").experiment_id])
+                  if "mlflow.parentRunId" not in r.data.tags][0]
+    assert new_parent.data.tags["distat.warm_start.source"] == str(search_dir)
+
 
 def test_without_actors_each_trial_attacks_in_its_train_worker(tmp_path, tiny_model_dir, attack_paths, capsys):
     """attack.actors 0: the rank-0 Train worker attacks its own model right after training, and the result is
@@ -281,7 +314,7 @@ def test_ctrl_c_stops_the_search_with_exit_130_and_a_resume_hint(tmp_path, tiny_
     say it was interrupted (exit 130, the resume command), not print a front of a half-done search."""
     import signal
 
-    spec = search_yaml(tmp_path, tiny_model_dir, "stopped")
+    spec = search_yaml(tmp_path, tiny_model_dir, "stopped", num_samples=2)
     search_dir = tmp_path / "searches" / "stopped"
     log = tmp_path / "driver.log"
     driver = start_driver(["search", str(spec), "--address", ray_nodes.address, "--storage", str(search_dir.parent),
@@ -296,7 +329,18 @@ def test_ctrl_c_stops_the_search_with_exit_130_and_a_resume_hint(tmp_path, tiny_
     text = log.read_text()
     assert rc == 130, text[-3000:]
     assert f"distat resume {search_dir}" in text
-    assert "Pareto front" not in text and len(finals(search_dir)) < 4
+    assert "Pareto front" not in text and len(finals(search_dir)) < 2
+
+    # `distat extend` after the stop: the stopped search's 2 trials are finished and one more is added
+    stopped = {t: (search_dir / "trials" / t / "final.json").stat().st_mtime_ns for t in finals(search_dir)}
+    extended = subprocess.run(distat_cmd("extend", str(search_dir), "--trials", "1", "--address", ray_nodes.address),
+                              cwd=tmp_path, env=ray_nodes.env(), capture_output=True, text=True, timeout=900)
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert "3 planned" in extended.stderr + extended.stdout and "of 3 trials" in extended.stdout
+    done = finals(search_dir)
+    assert len(done) == 3 and all((search_dir / "trials" / t / "final.json").stat().st_mtime_ns == m
+                                  for t, m in stopped.items())
+    assert [t["state"] for t in optuna_history(search_dir)] == ["COMPLETE"] * 3
 
 
 @pytest.mark.parametrize(("local", "watcher"), [(True, "0"), (False, None)])

@@ -11,6 +11,7 @@ train              :func:`train`                             :mod:`distat.app.tr
 attack / static    :func:`attack`, :func:`static`            :mod:`distat.app.attack`
 resources          :func:`build_resources`, :func:`show_resources`  :mod:`distat.app.resources`
 search / resume    :func:`search`, :func:`resume`            :mod:`distat.app.search`
+extend             :func:`extend`                            :mod:`distat.app.search`
 pareto             :func:`pareto`                            :mod:`distat.app.search`
 =================  ========================================  ================================
 """
@@ -19,10 +20,10 @@ from __future__ import annotations
 
 from distat.app.attack import AttackOutcome, AttackRequest, attack, static
 from distat.app.resources import AttackResources, build_resources, show_resources
-from distat.app.search import FrontSummary, SearchOutcome, pareto, resume, search
+from distat.app.search import FrontSummary, SearchOutcome, extend, pareto, resume, search
 from distat.app.train import TrainOutcome, train
 
 __all__ = [
     "AttackOutcome", "AttackRequest", "AttackResources", "FrontSummary", "SearchOutcome", "TrainOutcome",
-    "attack", "build_resources", "pareto", "resume", "search", "show_resources", "static", "train",
+    "attack", "build_resources", "extend", "pareto", "resume", "search", "show_resources", "static", "train",
 ]

@@ -1,4 +1,4 @@
-"""``distat search``, ``distat resume`` and ``distat pareto``.
+"""``distat search``, ``distat resume``, ``distat extend`` and ``distat pareto``.
 
 Search and resume share one shape: check everything that can be checked without a cluster (the config, the
 attack resources, the tracking server), start Ray (:func:`distat.search.cluster.ray_session`), check the
@@ -186,15 +186,26 @@ def search(config: SearchConfig, *, storage: str | os.PathLike[str] = "runs/sear
     search_dir = root / config.name
     check_new_search(search_dir)
     check_reachable(uri)  # an unreachable server fails here, before Ray starts
+    warm = None
+    if config.search.warm_start is not None:  # read, and checked, before Ray starts
+        from distat.search.driver import new_state, warm_start
+
+        source = fs_path(config.search.warm_start, "search.warm_start").resolve()  # kept for `distat resume`
+        config = config.model_copy(update={"search": config.search.model_copy(update={"warm_start": str(source)})})
+        warm = warm_start(new_state(config, storage=root, tracking_uri=uri, cache_dir=where.cache,
+                                    resource_overrides=where.overrides))
     with _cluster_for(config, address):
-        Tracker(uri, config.name, search_dir)  # the experiment and the parent run
+        tracker = Tracker(uri, config.name, search_dir)  # the experiment and the parent run
         warning = _credentials_warning(uri)
         if warning:
             notify(warning)
         (describe or notify)(describe_search(config))
+        if warm is not None:
+            notify(f"distat: {warm.summary()}")
+            _tag_warm_start(tracker, warm)
         grid = start_search(config, storage=root, tracking_uri=uri, cache_dir=where.cache,
                             resource_overrides=where.overrides,
-                            callbacks=_listeners(listener, config.search.num_samples))
+                            callbacks=_listeners(listener, config.search.num_samples), warm=warm)
         if stopped_early(grid, config.search.num_samples):
             return SearchOutcome(search_dir, interrupted=True)
         points, files = finish_search(config, search_dir, uri)
@@ -203,13 +214,42 @@ def search(config: SearchConfig, *, storage: str | os.PathLike[str] = "runs/sear
                          front=FrontSummary.of(points, files, uri, clean_metric=config.search.clean_metric))
 
 
+def _tag_warm_start(tracker: Any, warm: Any) -> None:
+    """The warm start on the parent run: where from, which trials were used, why the others were not."""
+    tracker.set_tags(tracker.parent_id, {
+        "distat.warm_start.source": str(warm.source),
+        "distat.warm_start.used": ",".join(p.trial_id for p in warm.used)[:5000] or "-",
+        "distat.warm_start.left_out": "; ".join(f"{k}: {v}" for k, v in sorted(warm.left_out.items()))[:5000] or "-",
+    })
+
+
 def resume(search_dir: str | os.PathLike[str], *, address: str | None = None, tracking_uri: str | None = None,
            cache_dir: str | os.PathLike[str] | None = None, listener: Listener | None = None,
            notify: Notify = _quiet) -> SearchOutcome:
     """Continue the search in ``search_dir`` after its driver stopped (Ctrl-C, SIGKILL, lost node).
     ``tracking_uri`` / ``cache_dir``: where they are now, if they moved (saved in the search folder)."""
-    from distat.search.driver import finish_search, resume_search, stopped_early
-    from distat.search.state import SearchState
+    return _continue(search_dir, 0, address=address, tracking_uri=tracking_uri, cache_dir=cache_dir,
+                     listener=listener, notify=notify)
+
+
+def extend(search_dir: str | os.PathLike[str], trials: int, *, address: str | None = None,
+           tracking_uri: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
+           listener: Listener | None = None, notify: Notify = _quiet) -> SearchOutcome:
+    """Run ``trials`` more trials in the search in ``search_dir``, in the same study (searcher history, MLflow
+    parent run, storage and threat-model spec kept), after it finished, was stopped or was killed; the front
+    and the report are rewritten with every trial. Unfinished trials of a stopped or killed search are
+    finished on the way, as ``resume`` would."""
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise DistatError(f"--trials must be a whole number of at least 1, got {trials!r}")
+    return _continue(search_dir, trials, address=address, tracking_uri=tracking_uri, cache_dir=cache_dir,
+                     listener=listener, notify=notify)
+
+
+def _continue(search_dir: str | os.PathLike[str], more: int, *, address: str | None, tracking_uri: str | None,
+              cache_dir: str | os.PathLike[str] | None, listener: Listener | None, notify: Notify) -> SearchOutcome:
+    """``resume`` (``more`` = 0) and ``extend`` (``more`` new trials planned before the search continues)."""
+    from distat.search.driver import extend_plan, finish_search, resume_search, stopped_early
+    from distat.search.state import SearchState, finished_trials
     from distat.tracking.mlflow import check_reachable
 
     folder = fs_path(search_dir, "search folder").resolve()
@@ -222,7 +262,13 @@ def resume(search_dir: str | os.PathLike[str], *, address: str | None = None, tr
     check_splits(scfg)
     check_reachable(uri)
     with _cluster_for(scfg, address):
-        state.updated(tracking_uri=uri, cache_dir=cache_path)  # the trials and the MLflow callback read it
+        state = state.updated(tracking_uri=uri, cache_dir=cache_path)  # the trials and the MLflow callback read it
+        if more:
+            done = len(finished_trials(folder))
+            state = extend_plan(folder, more)  # after every check: a refused extend changes nothing
+            scfg = state.search
+            notify(f"distat extend: {more} more trial(s) in the same study: {scfg.search.num_samples} planned, "
+                   f"{done} finished so far")
 
         def restarting(gone: list[str]) -> None:
             notify(f"distat resume: {folder} has no Tune experiment state (the driver stopped before Tune "

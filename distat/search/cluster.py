@@ -142,6 +142,37 @@ def snapshot_trial_ids(search_dir: Path) -> set[str] | None:
         return None
 
 
+def plan_trials(search_dir: Path, total: int) -> int | None:
+    """Make the newest snapshot of Tune's trial generator plan ``total`` trials (what ``Tuner.restore`` reads,
+    over the ``num_samples`` the experiment started with); returns the number it planned before, or None when
+    there is no snapshot (nothing to change: a search restarted from nothing plans ``total`` from its config).
+
+    ``distat extend`` raises the plan of a finished, stopped or killed search this way: the restored search
+    then asks the same searcher (the Optuna study, with every earlier trial) for the new trials. Idempotent,
+    and written atomically: an interrupted ``extend`` is finished by ``distat resume``, which plans again.
+    """
+    import ray.cloudpickle as cloudpickle
+
+    from distat.atomic import atomic_file
+
+    snaps = sorted(search_dir.glob("search_gen_state-*.json"), key=lambda p: p.name)  # Tune takes the max name
+    if not snaps:
+        return None
+    try:
+        state = cloudpickle.loads(snaps[-1].read_bytes())
+        before = int(state["total_samples"])
+        counter = int(state["counter"])
+    except Exception as e:  # noqa: BLE001 - any unreadable snapshot is the same for the user
+        raise DistatError(f"{snaps[-1]}: Tune's search snapshot is unreadable ({first_line(e, 200, typed=True)})") from None
+    if before == total and not (state.get("finished") and counter < total):
+        return before
+    state["total_samples"] = total
+    state["finished"] = counter >= total  # a stopped search's generator may have been told to finish
+    with atomic_file(snaps[-1]) as part:
+        part.write_bytes(cloudpickle.dumps(state))
+    return before
+
+
 # --------------------------------------------------------------------------------------------------
 # placement groups leaked by killed drivers (see the module docstring)
 

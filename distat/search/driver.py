@@ -50,11 +50,27 @@ class SearchSpace:
         return {"data": self.data, "_fn": None}
 
 
-def _searcher(scfg: SearchConfig, points_to_evaluate: list[dict[str, Any]] | None = None) -> Any:
+def _searcher(scfg: SearchConfig, points_to_evaluate: list[dict[str, Any]] | None = None,
+              priors: Sequence[Any] = ()) -> Any:
     from distat.search.searcher import build_searcher
 
-    return build_searcher(SearchSpace(scfg), list(scfg.search.objectives), seed=scfg.seed,
-                          clean_acc_floor=clean_floor(scfg), points_to_evaluate=points_to_evaluate)
+    searcher = build_searcher(SearchSpace(scfg), list(scfg.search.objectives), seed=scfg.seed,
+                              clean_acc_floor=clean_floor(scfg), points_to_evaluate=points_to_evaluate)
+    for prior in priors:  # a warm start's observations (distat.search.warm_start)
+        searcher.add_prior(prior)
+    return searcher
+
+
+def warm_start(state: SearchState) -> Any:
+    """The :class:`~distat.search.warm_start.WarmStart` of the search ``state`` describes, or None without one."""
+    source = state.search.search.warm_start
+    if source is None:
+        return None
+    from distat.search.evaluation import planned_spec_hash
+    from distat.search.warm_start import check_source, collect
+
+    check_source(Path(source), state.dir)
+    return collect(Path(source), state.search, planned_spec_hash(state.search, state.resources))
 
 
 class TrialConfigOf:
@@ -98,32 +114,42 @@ def check_new_search(search_dir: Path) -> None:
         raise DistatError(f"{search_dir} is a file, not a search folder: pick another name / --storage")
 
 
+def new_state(scfg: SearchConfig, *, storage: Path, tracking_uri: str, cache_dir: Path,
+              resource_overrides: dict[str, str] | None = None) -> SearchState:
+    """The state of a new search (not saved yet)."""
+    return SearchState(search=scfg, search_dir=str(storage / scfg.name), cache_dir=str(cache_dir),
+                       resource_overrides=resource_overrides or {}, tracking_uri=tracking_uri)
+
+
 def start_search(scfg: SearchConfig, *, storage: Path, tracking_uri: str, cache_dir: Path,
                  resource_overrides: dict[str, str] | None = None, callbacks: Sequence[Any] = (),
-                 points_to_evaluate: list[dict[str, Any]] | None = None) -> Any:
+                 points_to_evaluate: list[dict[str, Any]] | None = None, warm: Any = None) -> Any:
     """Run a new search to completion; returns Tune's ResultGrid. ``points_to_evaluate``: parameter values
-    (by search-space name) to try first, e.g. known-good settings or a benchmark's fixed configurations."""
+    (by search-space name) to try first, e.g. known-good settings or a benchmark's fixed configurations.
+    ``warm``: the search's :func:`warm_start`, when the caller has it already."""
     search_dir = storage / scfg.name
     check_new_search(search_dir)
     search_dir.mkdir(parents=True, exist_ok=True)
-    state = SearchState(search=scfg, search_dir=str(search_dir), cache_dir=str(cache_dir),
-                        resource_overrides=resource_overrides or {}, tracking_uri=tracking_uri)
+    state = new_state(scfg, storage=storage, tracking_uri=tracking_uri, cache_dir=cache_dir,
+                      resource_overrides=resource_overrides)
     state.save()
-    return _fit_new(state, callbacks, points_to_evaluate)
+    return _fit_new(state, callbacks, points_to_evaluate, warm)
 
 
 def _fit_new(state: SearchState, callbacks: Sequence[Any] = (),
-             points_to_evaluate: list[dict[str, Any]] | None = None) -> Any:
+             points_to_evaluate: list[dict[str, Any]] | None = None, warm: Any = None) -> Any:
     from ray import tune
 
     from distat.search.trial import trainable
 
     scfg = state.search
+    warm = warm if warm is not None else warm_start(state)
     tuner = tune.Tuner(
         trainable(state),
         # reuse_actors: the next trial runs in the finished trial's trainable process (~2.5 s per trial less:
         # a fresh process imports Ray Tune/Train first); it holds no CPU, only the trial's bookkeeping
-        tune_config=tune.TuneConfig(search_alg=_searcher(scfg, points_to_evaluate or list(scfg.search.points)),
+        tune_config=tune.TuneConfig(search_alg=_searcher(scfg, points_to_evaluate or list(scfg.search.points),
+                                                         warm.used if warm is not None else ()),
                                     num_samples=scfg.search.num_samples,
                                     max_concurrent_trials=scfg.search.max_concurrent, reuse_actors=True),
         run_config=_run_config(state, callbacks),
@@ -168,6 +194,7 @@ def resume_search(search_dir: Path, callbacks: Sequence[Any] = (),
     """
     from ray import tune
 
+    from distat.search.cluster import plan_trials
     from distat.search.trial import trainable
 
     state = SearchState.load(search_dir)
@@ -177,9 +204,25 @@ def resume_search(search_dir: Path, callbacks: Sequence[Any] = (),
             on_restart(gone)
         return _fit_new(state.updated(search_dir=str(search_dir)), callbacks)
     set_aside_unknown_trials(search_dir)
+    plan_trials(search_dir, state.search.search.num_samples)  # an extend interrupted before Tune saved again
     tuner = tune.Tuner.restore(str(search_dir), trainable=trainable(state), resume_unfinished=True,
                                resume_errored=True)
     return tuner.fit()
+
+
+def extend_plan(search_dir: Path, trials: int) -> SearchState:
+    """Plan ``trials`` more trials for the search in ``search_dir`` (saved in its state); returns the new state.
+    :func:`resume_search` then runs them in the same study: Tune's restored experiment with its searcher (the
+    Optuna study holding every earlier trial), the same storage, spec and MLflow parent run. A killed or stopped
+    search finishes its unfinished trials on the way, as ``distat resume`` would."""
+    if trials < 1:
+        raise DistatError(f"--trials must be at least 1, got {trials}")
+    state = SearchState.load(search_dir)
+    total = state.search.search.num_samples + trials
+    search = state.search.model_copy(update={"search": state.search.search.model_copy(update={"num_samples": total})})
+    new = state.model_copy(update={"search": search})
+    new.save()
+    return new
 
 
 def set_aside_unknown_trials(search_dir: Path) -> list[str]:

@@ -79,7 +79,6 @@ def evaluate_checkpoint(att: AttackSettings, refs: ResourceRefs, checkpoint: Pat
     (:mod:`distat.attacks.work_cache`), used when ``att.cache``."""
     from distat.attacks.evaluate import select_examples
     from distat.attacks.journal import checkpoint_digest
-    from distat.attacks.runner import AttackJob
     from distat.attacks.spec import HASH_KEY, ThreatSuite, threat_model, write_spec
     from distat.config import load_data, resolve_split
     from distat.models import load_classifier, load_tokenizer
@@ -104,10 +103,7 @@ def evaluate_checkpoint(att: AttackSettings, refs: ResourceRefs, checkpoint: Pat
     if clean_split:
         out_metrics.update(_clean_scores(model, tokenizer, ds.split(actual), tcfg.data.max_length))
     several = len(att.names) > 1
-    jobs = {r.key: AttackJob(recipe=r.recipe, resources=refs.paths(), options=r.options.to_options(),
-                             text_fields=ds.text_fields, max_length=tcfg.data.max_length, seed=seed,
-                             model_batch_size=att.batch_size)
-            for r in att.attacks}
+    jobs = _jobs(att, refs, ds, tcfg.data.max_length, seed)
     specs = {name: threat_model(job, examples, split=actual, n=n, subset_seed=seed) for name, job in jobs.items()}
     if work_cache is not None and att.cache:
         from dataclasses import replace
@@ -234,16 +230,55 @@ def _attack_one(name: str, job: Any, digest: str, att: AttackSettings, model: An
     return summarize(run.records).as_dict(), run.records
 
 
-def _static_set(static: Any, model: Any, tokenizer: Any, ds: Any, max_length: int, out: Path,
-                several: bool) -> dict[str, Any]:
-    """A static set's accuracy (its whole set), with its spec written beside the attacks'."""
-    from distat.attacks.spec import HASH_KEY, static_set_spec, write_spec
-    from distat.attacks.static import load_static_set, static_eval
+def _jobs(att: AttackSettings, refs: ResourceRefs, ds: Any, max_length: int, seed: int) -> dict[str, Any]:
+    """attack name -> its :class:`~distat.attacks.runner.AttackJob` on the dataset ``ds``."""
+    from distat.attacks.runner import AttackJob
+
+    return {r.key: AttackJob(recipe=r.recipe, resources=refs.paths(), options=r.options.to_options(),
+                             text_fields=ds.text_fields, max_length=max_length, seed=seed,
+                             model_batch_size=att.batch_size)
+            for r in att.attacks}
+
+
+def _static_spec(static: Any, ds: Any, max_length: int) -> tuple[Any, Any]:
+    """A static set (loaded) and its spec."""
+    from distat.attacks.spec import static_set_spec
+    from distat.attacks.static import load_static_set
 
     split = load_static_set(static.path, static.split, num_labels=ds.num_labels, text_fields=ds.text_fields)
     texts = [(split.text_a[i] if split.text_b is not None else None,
               split.text_b[i] if split.text_b is not None else split.text_a[i]) for i in range(len(split))]
-    spec = static_set_spec(texts, split.labels, max_length=max_length)
+    return split, static_set_spec(texts, split.labels, max_length=max_length)
+
+
+def planned_spec_hash(scfg: SearchConfig, refs: ResourceRefs) -> str:
+    """The threat-model spec hash a trial of the search ``scfg`` will record for its robust objective
+    (``threat_spec_hash``), computed without a model: the same attacks, subset and resources
+    :func:`robust_eval` uses. For a search whose data is a searched parameter it is the base trial's."""
+    from distat.attacks.evaluate import select_examples
+    from distat.attacks.spec import ThreatSuite, threat_model
+    from distat.config import load_data, resolve_split
+
+    att = scfg.attack
+    data = scfg.base_trial().data
+    actual = resolve_split(data, att.split)
+    ds = load_data(data, [att.split])
+    examples = select_examples(ds.split(actual), att.n, seed=scfg.seed, stratify=att.stratify)
+    hashes = {name: threat_model(job, examples, split=actual, n=att.n, subset_seed=scfg.seed).hash
+              for name, job in _jobs(att, refs, ds, data.max_length, scfg.seed).items()}
+    hashes.update({static.name: _static_spec(static, ds, data.max_length)[1].hash for static in att.static_sets})
+    if len(att.names) > 1:
+        return ThreatSuite(objective=att.objective, attacks=hashes).hash
+    return next(iter(hashes.values()))
+
+
+def _static_set(static: Any, model: Any, tokenizer: Any, ds: Any, max_length: int, out: Path,
+                several: bool) -> dict[str, Any]:
+    """A static set's accuracy (its whole set), with its spec written beside the attacks'."""
+    from distat.attacks.spec import HASH_KEY, write_spec
+    from distat.attacks.static import static_eval
+
+    split, spec = _static_spec(static, ds, max_length)
     digest = write_spec(spec, out, static.name if several else None)
     acc = static_eval(model, tokenizer, split, max_length=max_length)
     return {"robust_acc": acc["static_acc"], "robust_acc_lo": acc["static_acc_lo"],

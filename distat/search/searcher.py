@@ -46,6 +46,27 @@ class Searcher(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 
+    def add_prior(self, prior: Any) -> None:
+        """A finished trial from elsewhere (a :class:`~distat.search.warm_start.Prior`) as a complete observation
+        of the study: Optuna's samplers learn from it, Tune never runs it. It carries the user attributes a trial
+        of this study gets (the clean floor reads ``clean_acc``) and ``warm_start`` (where it came from); its
+        feasibility is recorded as Optuna records it for a trial the study ran (a constrained TPE ranks a trial
+        without one below every other)."""
+        from optuna.samplers._base import _CONSTRAINTS_KEY
+
+        attrs = {"clean_acc": prior.clean_acc, "robust_acc": prior.robust_acc, "diverged": 0.0,
+                 "warm_start": prior.source}
+
+        def frozen(system_attrs: dict[str, Any] | None = None) -> optuna.trial.FrozenTrial:
+            return optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, values=list(prior.values),
+                                             params=prior.params, distributions=prior.distributions,
+                                             user_attrs=attrs, system_attrs=system_attrs)
+
+        feasibility = getattr(self._sampler, "_constraints_func", None)
+        trial = frozen() if feasibility is None else frozen({_CONSTRAINTS_KEY: tuple(feasibility(frozen()))})
+        self._ot_study.add_trial(trial)
+
+
 def build_searcher(space: Any, objectives: list[str], *, seed: int, clean_acc_floor: float | None,
                    points_to_evaluate: list[dict[str, Any]] | None = None) -> Searcher:
     """A searcher maximising ``objectives`` over the define-by-run ``space``; ``points_to_evaluate`` (parameter

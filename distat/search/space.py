@@ -664,6 +664,9 @@ class SearchSettings(Strict):
     # parameter values (by name) that the first trials run, in order, before the sampler suggests anything:
     # a paper table's fixed rows, or known-good settings; the parameters a point leaves out are sampled
     points: tuple[dict[str, Any], ...] = ()
+    # a previous search's folder: its finished trials that fit this space and threat model are prior observations
+    # of this search's sampler (distat.search.warm_start); relative to the current directory
+    warm_start: str | None = None
 
     @field_validator("objectives")
     @classmethod
