@@ -209,6 +209,8 @@ def _print_front(front: Any) -> None:
     if front.within_noise:
         print(f"~ within noise ({len(front.within_noise)}): not on the front, but its clean and its robust interval "
               "both overlap those of the front trial(s) named: the data cannot tell them apart")
+    if front.early_stop:
+        print(front.early_stop)
     if front.has_static:
         print("robust_acc: targeted evaluation (a new attack on each model); static_robust_acc: the ADA victim's "
               "adversarial examples reused for every model (overstates robustness)")

@@ -56,6 +56,7 @@ class FrontSummary:
     tracking_uri: str  # credentials masked
     within_noise: list[str] = field(default_factory=list)  # off the front, both intervals overlapping a member's
     clean_metric: str = "clean_acc"  # the clean objective (distat.tracking.pareto.CLEAN_METRICS)
+    early_stop: str | None = None  # with search.early_stop: who was stopped, and the probe's rank agreement
 
     @classmethod
     def of(cls, points: list[Any], files: dict[str, Path], tracking_uri: str,
@@ -88,6 +89,15 @@ class SearchOutcome:
     interrupted: bool  # stopped before its end (Ctrl-C): continue with `distat resume`
     front: FrontSummary | None = None  # None when interrupted
     messages: list[str] = field(default_factory=list)
+
+
+def _with_early_stop(front: FrontSummary, search_dir: Path, config: SearchConfig) -> FrontSummary:
+    """``front`` with the early-stopping line of a search that has ``search.early_stop``."""
+    if config.search.early_stop is not None:
+        from distat.search.probe import proxy_agreement
+
+        front.early_stop = proxy_agreement(search_dir).summary()
+    return front
 
 
 def fs_path(value: str | os.PathLike[str], what: str) -> Path:
@@ -206,12 +216,12 @@ def search(config: SearchConfig, *, storage: str | os.PathLike[str] = "runs/sear
         grid = start_search(config, storage=root, tracking_uri=uri, cache_dir=where.cache,
                             resource_overrides=where.overrides,
                             callbacks=_listeners(listener, config.search.num_samples), warm=warm)
-        if stopped_early(grid, config.search.num_samples):
+        if stopped_early(grid, config.search.num_samples, search_dir):
             return SearchOutcome(search_dir, interrupted=True)
         points, files = finish_search(config, search_dir, uri)
         _after_search(search_dir, uri, notify)
-    return SearchOutcome(search_dir, interrupted=False,
-                         front=FrontSummary.of(points, files, uri, clean_metric=config.search.clean_metric))
+    return SearchOutcome(search_dir, interrupted=False, front=_with_early_stop(
+        FrontSummary.of(points, files, uri, clean_metric=config.search.clean_metric), search_dir, config))
 
 
 def _tag_warm_start(tracker: Any, warm: Any) -> None:
@@ -276,12 +286,12 @@ def _continue(search_dir: str | os.PathLike[str], more: int, *, address: str | N
                    + (f", removed {len(gone)} unfinished trial folder(s)" if gone else ""))
 
         grid = resume_search(folder, callbacks=_listeners(listener, scfg.search.num_samples), on_restart=restarting)
-        if stopped_early(grid, scfg.search.num_samples):
+        if stopped_early(grid, scfg.search.num_samples, folder):
             return SearchOutcome(folder, interrupted=True)
         points, files = finish_search(scfg, folder, uri)
         _after_search(folder, uri, notify)
-    return SearchOutcome(folder, interrupted=False,
-                         front=FrontSummary.of(points, files, uri, clean_metric=scfg.search.clean_metric))
+    return SearchOutcome(folder, interrupted=False, front=_with_early_stop(
+        FrontSummary.of(points, files, uri, clean_metric=scfg.search.clean_metric), folder, scfg))
 
 
 def pareto(search_dir: str | os.PathLike[str]) -> FrontSummary:
@@ -297,5 +307,5 @@ def pareto(search_dir: str | os.PathLike[str]) -> FrontSummary:
     if not points:
         raise DistatError(f"{folder}: no finished trial yet")
     metric = state.search.search.clean_metric
-    return FrontSummary.of(points, write_artifacts(points, folder / PARETO_DIR, clean_metric=metric), state.tracking_uri,
-                           clean_metric=metric)
+    return _with_early_stop(FrontSummary.of(points, write_artifacts(points, folder / PARETO_DIR, clean_metric=metric),
+                                            state.tracking_uri, clean_metric=metric), folder, state.search)

@@ -88,6 +88,19 @@ class TrialConfigOf:
         return cfg.method.label, cfg.model_dump(mode="json")
 
 
+def _early_stopping(state: SearchState) -> tuple[Any, list[Any]]:
+    """The scheduler of ``search.early_stop`` (None without it) and the callbacks that go with it: one keeps its
+    book in Tune's snapshot, one writes the final result of each trial it stops."""
+    es = state.search.search.early_stop
+    if es is None:
+        return None, []
+    from distat.search.early_stop import MOSuccessiveHalving, RungBookKeeper, StoppedTrialRecorder
+    from distat.search.probe import PROBE_METRIC
+
+    scheduler = MOSuccessiveHalving(es, (state.search.search.clean_metric, PROBE_METRIC))
+    return scheduler, [RungBookKeeper(scheduler), StoppedTrialRecorder(state, scheduler)]
+
+
 def _run_config(state: SearchState, callbacks: Sequence[Any]) -> Any:
     from ray import tune
 
@@ -144,15 +157,16 @@ def _fit_new(state: SearchState, callbacks: Sequence[Any] = (),
 
     scfg = state.search
     warm = warm if warm is not None else warm_start(state)
+    scheduler, stopping = _early_stopping(state)
     tuner = tune.Tuner(
         trainable(state),
         # reuse_actors: the next trial runs in the finished trial's trainable process (~2.5 s per trial less:
         # a fresh process imports Ray Tune/Train first); it holds no CPU, only the trial's bookkeeping
         tune_config=tune.TuneConfig(search_alg=_searcher(scfg, points_to_evaluate or list(scfg.search.points),
                                                          warm.used if warm is not None else ()),
-                                    num_samples=scfg.search.num_samples,
+                                    num_samples=scfg.search.num_samples, scheduler=scheduler,
                                     max_concurrent_trials=scfg.search.max_concurrent, reuse_actors=True),
-        run_config=_run_config(state, callbacks),
+        run_config=_run_config(state, [*stopping, *callbacks]),
     )
     return tuner.fit()
 
@@ -250,13 +264,16 @@ def set_aside_unknown_trials(search_dir: Path) -> list[str]:
     return moved
 
 
-def stopped_early(grid: Any, num_samples: int) -> bool:
+def stopped_early(grid: Any, num_samples: int, search_dir: Path) -> bool:
     """Whether Tune returned before the search's end: it catches Ctrl-C (SIGINT) itself, saves its state and
-    returns normally, leaving trials unfinished or unstarted."""
-    return len(grid) < num_samples or grid.num_terminated + grid.num_errors < len(grid)
+    returns normally, leaving trials unfinished or unstarted. Tune marks a trial it stopped that way TERMINATED
+    like a finished one, so "finished" is read from the trial folders (a ``final.json``), errored trials from
+    Tune."""
+    done = len(finished_trials(search_dir))
+    return len(grid) < num_samples or done + grid.num_errors < num_samples
 
 
-_EXTRA_PREFIXES = ("attack_", "perturbed", "avg_queries", "robust_acc_", "robust_acc.", "static_", "victim_", "ada_",
+_EXTRA_PREFIXES = ("attack_", "perturbed", "probe_", "early_stopped_epoch", "avg_queries", "robust_acc_", "robust_acc.", "static_", "victim_", "ada_",
                    "macro_f1", "balanced_acc", "majority_rate", "robust_macro_f1", "robust_balanced_acc")
 
 

@@ -31,13 +31,12 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import Field, StrictInt, field_validator
 from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from distat.settings import Strict
+from distat.search.space import EarlyStopSettings
 
 __all__ = [
     "Decision",
@@ -45,6 +44,7 @@ __all__ = [
     "MOSuccessiveHalving",
     "RungBook",
     "RungBookKeeper",
+    "StoppedTrialRecorder",
     "crowding_distances",
     "dominates",
     "nondominated_ranks",
@@ -56,37 +56,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Values = tuple[float, ...]
-
-
-class EarlyStopSettings(Strict):
-    """``search.early_stop:`` of a search file: when trials are compared, how many are stopped, and the probe.
-
-    The probe settings (``probe_n``, ``probe_query_budget``, ``probe_seed``) are read by the trial side, which
-    attacks the probe subset at each rung and reports its robust accuracy; this module only compares what
-    the trials report.
-    """
-
-    #: Epochs after which the trials are compared, strictly increasing (e.g. ``[1]`` or ``[1, 3]``).
-    rungs: tuple[Annotated[StrictInt, Field(ge=1)], ...]
-    #: The bottom fraction of a rung that is stopped: 0.5 = successive halving (reduction factor 2).
-    stop_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
-    #: A trial is judged only when at least this many trials (itself included) have reached its rung.
-    min_compared: StrictInt = Field(default=2, ge=2)
-    #: Examples of the seeded probe subset attacked at a rung.
-    probe_n: StrictInt = Field(default=32, ge=1)
-    #: Victim queries allowed per attacked probe example (None: the attack's own budget).
-    probe_query_budget: StrictInt | None = Field(default=200, ge=1)
-    #: Seed of the probe subset (the same examples for every trial of a search).
-    probe_seed: StrictInt = Field(default=0, ge=0)
-
-    @field_validator("rungs")
-    @classmethod
-    def _increasing(cls, rungs: tuple[int, ...]) -> tuple[int, ...]:
-        if not rungs:
-            raise ValueError("rungs must list at least one epoch")
-        if any(b <= a for a, b in zip(rungs, rungs[1:], strict=False)):
-            raise ValueError(f"rungs must be strictly increasing epochs, got {list(rungs)}")
-        return rungs
 
 
 # --- pure functions: every objective is maximised; NaN counts as the worst value ---------------------------
@@ -283,11 +252,14 @@ class RungBook:
         position = order.index(me) + 1
         cut = math.floor(self.settings.stop_fraction * n + 1e-9)  # 0.29 * 100 is 28.999999999999996
         in_bottom = position > n - cut
-        stop = in_bottom and ranks[me] != 0
+        would_stop = in_bottom and ranks[me] != 0
+        stop = would_stop and self.settings.stop
         where = f"position {position} of {n} at rung {rung_epoch} (front {ranks[me]}, crowding {crowding[me]:.3g})"
         if stop:
             reason = f"{where}: in the bottom {cut}"
             self.stopped[trial_id] = (rung_epoch, point)
+        elif would_stop:
+            reason = f"{where}: in the bottom {cut}, not stopped (early_stop.stop: false)"
         elif in_bottom:
             reason = f"{where}: in the bottom {cut} but on the first front"
         else:
@@ -403,3 +375,44 @@ class RungBookKeeper(Callback):
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.scheduler.book = RungBook.from_dict(state["rung_book"])
+
+
+class StoppedTrialRecorder(Callback):
+    """A Tune callback writing the final result (``final.json``) of every trial ``scheduler`` stopped at a rung:
+    its rung result (clean scores and the probe's robust accuracy, ``early_stopped_epoch``), without a
+    ``robust_acc`` (the full evaluation never ran: the trial is listed apart from the front, never on it). The
+    trial folder then counts as finished: ``distat resume`` does not run it again."""
+
+    def __init__(self, state: Any, scheduler: MOSuccessiveHalving) -> None:
+        self.state = state
+        self.scheduler = scheduler
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        stopped = self.scheduler.book.stopped.get(str(trial.trial_id))
+        if stopped is not None:
+            record_stopped(self.state, str(trial.trial_id), dict(trial.config), dict(trial.last_result or {}),
+                           stopped[0])
+
+
+def record_stopped(state: Any, trial_id: str, config: dict[str, Any], last: dict[str, Any], rung: int) -> None:
+    """Write the final result of trial ``trial_id`` stopped at epoch ``rung`` (``last``: its rung result)."""
+    import time
+
+    from distat.search.space import sampled_params
+    from distat.search.state import TrialResult, is_finished, worker_starts
+
+    out = state.trial_dir(trial_id)
+    if is_finished(out):
+        return
+    numbers = {k: float(v) for k, v in last.items()
+               if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))}
+    keep = ("clean_acc", "macro_f1", "balanced_acc", "majority_rate", "epoch", "diverged")
+    metrics: dict[str, Any] = {k: numbers[k] for k in keep if k in numbers}
+    metrics.update({k: v for k, v in last.items() if str(k).startswith("probe_")})
+    metrics.update({"early_stopped_epoch": float(rung), "phase": "stopped", "trial_dir": str(out)})
+    starts = worker_starts(out)
+    started = starts[0].time if starts else time.time()
+    TrialResult(trial_id=trial_id, params=sampled_params(state.search, config), metrics=metrics,
+                train={k: v for k, v in numbers.items() if not k.startswith(("time_", "probe_"))},
+                train_wall=(started, time.time()), placement={"stopped_at_rung": rung}).save(out)
+    log.info("early stop: trial %s stopped after epoch %d; its rung result is its final result", trial_id, rung)

@@ -16,6 +16,8 @@ from typing import Any
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from distat.search.probe import PROBE_METRIC
+
 __all__ = ["Feasibility", "Searcher", "build_searcher"]
 
 _COPIED = ("clean_acc", "robust_acc", "diverged")
@@ -38,6 +40,12 @@ class Searcher(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and result and not error and "robust_acc" not in result \
+                and isinstance(result.get(PROBE_METRIC), (int, float)):
+            # stopped early at a rung (search.early_stop): a complete observation of its rung values, tagged with
+            # the rung, never a pruned trial (multi-objective samplers break on those)
+            result = {**result, "robust_acc": float(result[PROBE_METRIC])}
+            ot_trial.set_user_attr("early_stopped_epoch", float(result.get("epoch") or 0.0))
         if ot_trial is not None and result and trial_id not in self._completed_trials:
             for key in _COPIED:
                 value = result.get(key)

@@ -650,6 +650,41 @@ class TestStageSettings(Strict):
         return AttackSettings.model_validate(data)
 
 
+class EarlyStopSettings(Strict):
+    """``search.early_stop:`` of a search file: when trials are compared, how many are stopped, and the probe.
+
+    The probe settings (``probe_n``, ``probe_query_budget``, ``probe_seed``) are read by the trial side, which
+    attacks the probe subset at each rung and reports its robust accuracy; this module only compares what
+    the trials report.
+    """
+
+    #: Epochs after which the trials are compared, strictly increasing (e.g. ``[1]`` or ``[1, 3]``).
+    rungs: tuple[Annotated[StrictInt, Field(ge=1)], ...]
+    #: The bottom fraction of a rung that is stopped: 0.5 = successive halving (reduction factor 2).
+    stop_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
+    #: A trial is judged only when at least this many trials (itself included) have reached its rung.
+    min_compared: StrictInt = Field(default=2, ge=2)
+    #: Examples of the seeded probe subset attacked at a rung.
+    probe_n: StrictInt = Field(default=32, ge=1)
+    #: Victim queries allowed per attacked probe example (None: the attack's own budget).
+    probe_query_budget: StrictInt | None = Field(default=200, ge=1)
+    #: Seed of the probe subset (the same examples for every trial of a search).
+    probe_seed: StrictInt = Field(default=0, ge=0)
+    #: false: probe and rank at every rung, never stop: measures how well the proxy's ranking agrees with the
+    #: full evaluation's (printed with the front) before a search trusts it.
+    stop: StrictBool = True
+
+    @field_validator("rungs")
+    @classmethod
+    def _increasing(cls, rungs: tuple[int, ...]) -> tuple[int, ...]:
+        if not rungs:
+            raise ValueError("rungs must list at least one epoch")
+        if any(b <= a for a, b in zip(rungs, rungs[1:], strict=False)):
+            raise ValueError(f"rungs must be strictly increasing epochs, got {list(rungs)}")
+        return rungs
+
+
+
 class SearchSettings(Strict):
     """The Optuna side: how many trials, how many at once, the objectives and the clean floor."""
 
@@ -667,6 +702,8 @@ class SearchSettings(Strict):
     # a previous search's folder: its finished trials that fit this space and threat model are prior observations
     # of this search's sampler (distat.search.warm_start); relative to the current directory
     warm_start: str | None = None
+    # multi-objective early stopping at rungs of epochs on a cheap robust probe (distat.search.early_stop)
+    early_stop: EarlyStopSettings | None = None
 
     @field_validator("objectives")
     @classmethod
@@ -861,7 +898,23 @@ class SearchConfig(Strict):
                 if problem:
                     raise KeyedError(("params", name, *key), problem)
         self._check_points()
+        self._check_rungs(base.train.epochs)
         return self
+
+    def _check_rungs(self, base_epochs: int) -> None:
+        """Every early-stopping rung comes before a trial's last epoch (at the last one there is nothing left to
+        save), whatever epochs a searched ``epochs`` gives."""
+        es = self.search.early_stop
+        if es is None:
+            return
+        epochs = [base_epochs]
+        for name, spec in self.params.items():
+            if param_target(name) == "train.epochs":
+                epochs += [int(v) for _, v in spec.points()]
+        if es.rungs[-1] >= min(epochs):
+            raise KeyedError(("search", "early_stop", "rungs"),
+                             f"rung {es.rungs[-1]} is not before the last epoch of every trial (epochs "
+                             f"{min(epochs)}): a rung must leave epochs to save")
 
     def _check_points(self) -> None:
         """Each of ``search.points`` names only parameters of the space, with values their distributions can
@@ -1186,6 +1239,14 @@ def _attack_list(a: AttackSettings) -> str:
     return text
 
 
+def _early_stop_text(es: EarlyStopSettings) -> str:
+    budget = f", {es.probe_query_budget} queries each" if es.probe_query_budget else ""
+    action = (f"the bottom {_fmt(es.stop_fraction)} of each rung stopped (non-dominated sorting, crowding distance)"
+              if es.stop else "ranked only, never stopped (early_stop.stop: false)")
+    return (f"early stopping: at epoch(s) {', '.join(map(str, es.rungs))}, a probe of {es.probe_n} dev examples"
+            f"{budget}; {action}")
+
+
 def describe(cfg: SearchConfig) -> str:
     """A short human summary of a search, several lines."""
     t = cfg.base_trial()
@@ -1214,6 +1275,7 @@ def describe(cfg: SearchConfig) -> str:
         *noise_lines(a.n),
         *([f"ADA: {t.augment.recipe} examples of the training set, one pool for ratio "
            f"{_fmt(t.augment.effective_pool_ratio)} shared by all trials"] if t.augment else []),
+        *([_early_stop_text(s.early_stop)] if s.early_stop else []),
         f"resources per trial: {r.num_workers} worker(s) × {_fmt(r.cpus_per_worker)} CPU{gpu}",
         "params:",
         *(f"  {name:<{width}}  {spec.describe()}" for name, spec in cfg.params.items()),

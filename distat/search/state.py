@@ -219,6 +219,8 @@ class WorkerJob(_Record):
     resources: ResourceRefs
     # the search config when the rank-0 worker attacks its own model (AttackSettings.in_train_worker)
     attack_in_worker: SearchConfig | None = None
+    # the search config when the rank-0 worker probes its model at the rung epochs (search.early_stop)
+    probe: SearchConfig | None = None
 
     def as_loop_config(self) -> dict[str, Any]:
         return {"job": self.model_dump(mode="json", by_alias=True)}

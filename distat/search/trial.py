@@ -71,7 +71,8 @@ def run_trial(config: dict[str, Any], state: SearchState) -> None:
         t_ada = time.perf_counter() - t0  # the victim and the pool: built, waited for, or read from the cache
     res = scfg.resources
     job = WorkerJob(trial=tcfg, output_dir=str(out), resources=state.resources,
-                    attack_in_worker=scfg if scfg.attack.in_train_worker else None)
+                    attack_in_worker=scfg if scfg.attack.in_train_worker else None,
+                    probe=scfg if scfg.search.early_stop is not None else None)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=job.as_loop_config(),

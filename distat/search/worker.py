@@ -41,8 +41,20 @@ def train_worker(config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     workers = _announce(out, rank, resume)
 
+    probe = job.probe if rank == 0 else None
+    rungs = set(probe.search.early_stop.rungs) if probe is not None and probe.search.early_stop else set()
+
     def on_epoch_end(metrics: dict[str, float], ckpt: Path | None) -> None:
-        ray.train.report({**metrics, "checkpoint_dir": str(ckpt or "")})
+        report = {**metrics, "checkpoint_dir": str(ckpt or "")}
+        if probe is not None and ckpt is not None and int(metrics.get("epoch", 0)) in rungs \
+                and not metrics.get("diverged"):
+            from distat.search.probe import run_probe
+
+            t_probe = time.perf_counter()  # the other ranks wait in report() meanwhile
+            report.update(run_probe(probe, job.resources, ckpt, out, int(metrics["epoch"]), device=device,
+                                    work_cache=_work_cache(out)))
+            report["time_probe_s"] = time.perf_counter() - t_probe
+        ray.train.report(report)
 
     augment_fn, per_epoch = None, 0
     if cfg.augment is not None and cfg.augment.iterative_n > 0:
@@ -50,9 +62,9 @@ def train_worker(config: dict[str, Any]) -> None:
 
         augment_fn, per_epoch = iterative_augmenter(cfg, job.resources.paths(), out), cfg.augment.iterative_n
     attack_here = job.attack_in_worker is not None and rank == 0
-    if attack_here:
-        _preload_textattack(job.resources)
     device = ray.train.torch.get_device()
+    if attack_here or probe is not None:
+        _preload_textattack(job.resources)
     t0 = time.perf_counter()
     result = run_trial(cfg, out, resume_from=resume, on_epoch_end=on_epoch_end,
                        device=device, augment_fn=augment_fn, augment_rows_per_epoch=per_epoch)
@@ -66,13 +78,16 @@ def train_worker(config: dict[str, Any]) -> None:
         from distat.search.evaluation import robust_eval
 
         t1 = time.perf_counter()
-        # the trial folder is <search>/trials/<id>: the search's work cache is beside trials/
-        cache = out.parent.parent / WORK_CACHE_DIR if out.parent.name == TRIALS_DIR else None
         summary["robust"] = robust_eval(job.attack_in_worker, job.resources, result.checkpoint, out, device=device,
-                                        work_cache=cache)
+                                        work_cache=_work_cache(out))
         summary["attack_s"] = time.perf_counter() - t1
         summary["attack_where"] = {"pid": os.getpid(), "node_id": workers[0].node_id}
     TrainResult.model_validate(summary).save(out)
+
+
+def _work_cache(out: Path) -> Path | None:
+    """The search's attack work cache: the trial folder is <search>/trials/<id>, the cache beside trials/."""
+    return out.parent.parent / WORK_CACHE_DIR if out.parent.name == TRIALS_DIR else None
 
 
 def _preload_textattack(refs: ResourceRefs) -> None:

@@ -1,0 +1,104 @@
+"""The cheap robust proxy of multi-objective early stopping: a trial's model attacked on a small seeded probe
+subset of the dev split, with a query budget, at the rung epochs of ``search.early_stop``.
+
+The probe is one recipe (the objective's, or the first when the objective is the worst case) with the search's
+own options, the probe's query budget, and no static sets; the rank-0 Train worker runs it in process on the
+model of the epoch just checkpointed, and reports ``probe_robust_acc`` with that epoch's clean metrics, which
+the scheduler (:mod:`distat.search.early_stop`) ranks. Its records and spec are in
+``<trial>/probe/epoch_<e>/``, so a probe number always says what it measured.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distat.atomic import write_json
+from distat.search.space import WORST_CASE, AttackSettings, SearchConfig
+from distat.search.state import ResourceRefs
+
+PROBE_METRIC = "probe_robust_acc"
+PROBE_DIR = "probe"
+PROBE_FILE = "probe.json"
+
+
+def probe_settings(scfg: SearchConfig) -> AttackSettings:
+    """The attack settings of the search's probe (``scfg.search.early_stop`` must be set)."""
+    es = scfg.search.early_stop
+    assert es is not None
+    att = scfg.attack
+    recipes = att.attacks
+    chosen = next((r for r in recipes if r.key == att.objective), recipes[0]) if att.objective != WORST_CASE \
+        else recipes[0]
+    options = chosen.options.model_copy(update={"query_budget": es.probe_query_budget})
+    return att.model_copy(update={
+        "recipe": None, "recipes": (chosen.model_copy(update={"options": options}),), "static_sets": (),
+        "objective": WORST_CASE, "n": es.probe_n, "actors": 0, "static": False,
+    })
+
+
+def run_probe(scfg: SearchConfig, refs: ResourceRefs, checkpoint: Path, trial_dir: Path, epoch: int, *,
+              device: Any = None, work_cache: Path | None = None) -> dict[str, float | str]:
+    """The probe of the model in ``checkpoint`` (after ``epoch``): ``probe_robust_acc`` with its interval,
+    count and threat-model spec hash."""
+    from distat.attacks.spec import HASH_KEY
+    from distat.search.evaluation import evaluate_checkpoint
+
+    es = scfg.search.early_stop
+    assert es is not None
+    out = trial_dir / PROBE_DIR / f"epoch_{epoch:03d}"
+    metrics = evaluate_checkpoint(probe_settings(scfg), refs, checkpoint, out, split=scfg.attack.split,
+                                  n=es.probe_n, seed=es.probe_seed, device=device, work_cache=work_cache)
+    probe = {PROBE_METRIC: float(metrics["robust_acc"]), f"{PROBE_METRIC}_lo": float(metrics["robust_acc_lo"]),
+             f"{PROBE_METRIC}_hi": float(metrics["robust_acc_hi"]), f"{PROBE_METRIC}_n": float(metrics["robust_acc_n"]),
+             f"probe_{HASH_KEY}": str(metrics[HASH_KEY])}
+    write_json(out / PROBE_FILE, {"epoch": epoch, **probe})
+    return probe
+
+
+def last_probe(trial_dir: Path) -> tuple[int, float] | None:
+    """(epoch, probe robust accuracy) of a trial's last probe, or None when it was never probed."""
+    import json
+
+    found = sorted((trial_dir / PROBE_DIR).glob(f"epoch_*/{PROBE_FILE}"))
+    if not found:
+        return None
+    data = json.loads(found[-1].read_text(encoding="utf-8"))
+    return int(data["epoch"]), float(data[PROBE_METRIC])
+
+
+@dataclass(frozen=True)
+class ProxyAgreement:
+    """How well the probe ranks trials as the full evaluation does: Spearman's rho over the ``n`` trials
+    evaluated both ways (their last probe against their robust objective); NaN below 3 trials."""
+
+    rho: float
+    n: int
+    stopped: tuple[str, ...]  # the trials stopped at a rung
+
+    def summary(self) -> str:
+        rho = "n/a (fewer than 3 trials evaluated both ways)" if math.isnan(self.rho) else f"{self.rho:+.2f}"
+        stopped = f"{len(self.stopped)} trial(s) stopped at a rung ({', '.join(self.stopped)})" if self.stopped \
+            else "no trial stopped"
+        return (f"early stopping: {stopped}; the probe's ranking vs the full robust evaluation's: Spearman {rho} "
+                f"over {self.n} trial(s) evaluated both ways")
+
+
+def proxy_agreement(search_dir: Path) -> ProxyAgreement:
+    """The probe's agreement with the full evaluation over a search's finished trials."""
+    from distat.search.early_stop import rank_agreement
+    from distat.search.state import TRIALS_DIR, finished_trials
+
+    proxy, full, stopped = {}, {}, []
+    for trial_id, result in finished_trials(search_dir).items():
+        if "early_stopped_epoch" in result.metrics:
+            stopped.append(trial_id)
+            continue
+        probed = last_probe(search_dir / TRIALS_DIR / trial_id)
+        robust = result.metrics.get("robust_acc")
+        if probed is not None and isinstance(robust, int | float) and not result.metrics.get("diverged"):
+            proxy[trial_id], full[trial_id] = probed[1], float(robust)
+    rho, n = rank_agreement(proxy, full)
+    return ProxyAgreement(rho=rho, n=n, stopped=tuple(stopped))
