@@ -1,10 +1,11 @@
 """The Pareto front of (clean_acc, robust_acc): non-dominated set and ties on hand-made points, hypervolume,
 the trial table and its CSV, the PNG plot, and the self-contained HTML plot rendered in headless Chromium; the
 noise-aware front: Wilson intervals from recorded counts, "within noise" marking, method names, the search
-summary's precision line and the printed front."""
+summary's precision line and the printed front; the hypervolume history (values and artifacts)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
@@ -24,6 +25,8 @@ from distat.tracking.pareto import (
     TrialPoint,
     front_table,
     hypervolume,
+    hypervolume_history,
+    hypervolume_steps,
     non_dominated,
     pareto_front,
     plot_html,
@@ -786,3 +789,99 @@ def test_best_per_method_chooses_on_the_searchs_numbers_among_feasible_trials() 
     best = best_per_method(points)
     assert {m: p.trial_id for m, p in best.items()} == {"freelb": "d", "pgd": "b"}
     assert list(best) == ["freelb", "pgd"]  # highest robust first, then clean
+
+
+# ------------------------------------------------------------------------------------------ hypervolume history
+
+
+def test_hypervolume_history_is_monotone_and_matches_the_front():
+    rng = random.Random(11)
+    for _ in range(20):
+        points = []
+        for i in range(rng.randint(1, 30)):
+            kind = rng.random()
+            clean, robust = rng.randint(0, 20) / 20, rng.randint(0, 20) / 20  # ties and duplicates on a grid
+            points.append(TrialPoint(f"t{i}", math.nan if kind < 0.05 else clean, robust, diverged=kind < 0.1,
+                                     infeasible=0.1 <= kind < 0.2))
+        history = hypervolume_history(points)
+        assert len(history) == len(points)
+        assert all(a <= b for a, b in zip(history, history[1:], strict=False)), history
+        # each value is the hypervolume of the front of the trials finished so far, exactly
+        assert history == [hypervolume(points[:i]) for i in range(1, len(points) + 1)]
+        assert history[-1] == hypervolume(points)
+
+
+def test_hypervolume_history_by_hand_infeasible_and_diverged_never_raise_it():
+    points = [
+        TrialPoint("a", 0.5, 0.4),                       # 0.2
+        TrialPoint("floor", 0.95, 0.95, infeasible=True),  # would dominate everything: not on the front
+        TrialPoint("div", 0.9, 0.9, diverged=True),
+        TrialPoint("nan", math.nan, 0.9),
+        TrialPoint("dominated", 0.4, 0.3),
+        TrialPoint("on_reference", 0.9, 0.0),            # on the front, but adds no area over (0, 0)
+        TrialPoint("b", 0.8, 0.2),                       # 0.2 + (0.8 - 0.5) * 0.2
+        TrialPoint("same_as_a", 0.5, 0.4),               # a duplicate joins the front, the area stays
+        TrialPoint("c", 0.6, 0.5),                       # dominates a: 0.8 * 0.2 + 0.6 * 0.3
+    ]
+    expected = [0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.26, 0.26, 0.34]
+    assert hypervolume_history(points) == pytest.approx(expected)
+    steps = hypervolume_steps(points)
+    assert [s.step for s in steps] == list(range(1, 10))
+    assert [s.trial_id for s in steps] == [p.trial_id for p in points]
+    assert [s.improved for s in steps] == [True, False, False, False, False, False, True, False, True]
+    assert hypervolume_history([]) == [] and hypervolume_steps([]) == []
+    # nothing valid: flat at 0, and no step counts as an improvement
+    assert [s.improved for s in hypervolume_steps(points[1:4])] == [False] * 3
+    assert hypervolume_history(points[1:4]) == [0.0] * 3
+    with pytest.raises(ValueError, match="finite"):
+        hypervolume_history(points, reference=(math.inf, 0.0))
+
+
+def test_hypervolume_history_artifacts(tmp_path):
+    from PIL import Image
+
+    from distat.tracking.pareto import in_finish_order
+
+    points = [dataclasses.replace(p, method=p.params["method"]) for p in table_points()]  # e: diverged, NaN
+    order = ["d", "a", "e", "c", "b", "f"]
+    ordered = in_finish_order(points, order)
+    expected = hypervolume_history(ordered)
+    assert expected == pytest.approx([0.15, 0.19, 0.19, 0.26, 0.28, 0.2875])
+    paths = write_artifacts(points, tmp_path / "art", finish_order=order)
+    assert set(paths) == {"csv", "png", "html", "hypervolume_csv", "hypervolume_png", "hypervolume_html"}
+    assert [paths[k].name for k in ("hypervolume_csv", "hypervolume_png", "hypervolume_html")] == [
+        "hypervolume_history.csv", "hypervolume_history.png", "hypervolume_history.html"]
+
+    back = pd.read_csv(paths["hypervolume_csv"])
+    assert list(back.columns) == ["step", "trial_id", "hypervolume"]
+    assert list(back["step"]) == [1, 2, 3, 4, 5, 6] and list(back["trial_id"]) == order
+    assert list(back["hypervolume"]) == expected  # written at full precision
+    assert back["hypervolume"].iloc[-1] == hypervolume(points)
+
+    text = paths["hypervolume_html"].read_text("utf-8")
+    assert "<script" not in text and "src=" not in text and "href" not in text  # self-contained
+    assert "reference point 0, 0" in text
+    assert "6 finished trials; hypervolume 0.2875 after the last; last improved at trial 6 of 6 (f)" in text
+    dom = parse(text)
+    assert [a["data-trial"] for a in dom.with_class("improved", "circle")] == ["d", "a", "c", "b", "f"]
+    assert [a["data-trial"] for a in dom.with_class("flat", "circle")] == ["e"]
+    rows = [a["data-trial"] for t, a in dom.tags if t == "tr" and "data-step" in a]
+    assert rows == order
+    assert "<td>3</td><td>e (pgd)</td><td>0.1900</td><td>no</td>" in text
+    assert "<td>4</td><td>c (pgd)</td><td>0.2600</td><td>yes</td>" in text
+    assert "&lt;script&gt;" in text and XSS not in text  # f's method, escaped
+    with Image.open(paths["hypervolume_png"]) as image:
+        assert image.format == "PNG" and image.size[0] > 300
+        image.load()
+        assert count_near(image, FRONT_COLOR) > 50
+
+    # without the order: the front's three files, as before; a wrong order: refused before any file is written
+    assert set(write_artifacts(points, tmp_path / "plain")) == {"csv", "png", "html"}
+    for bad in (order[:-1], [*order, "zz"], [*order[:-1], "a"]):
+        with pytest.raises(ValueError, match="finish order"):
+            write_artifacts(points, tmp_path / "bad", finish_order=bad)
+    assert not (tmp_path / "bad").exists()
+    # no trial at all still renders
+    empty = write_artifacts([], tmp_path / "empty", finish_order=[])
+    assert empty["hypervolume_csv"].read_text("utf-8") == "step,trial_id,hypervolume\n"
+    assert "no finished trial" in empty["hypervolume_html"].read_text("utf-8")
