@@ -1,12 +1,14 @@
 """The Pareto front of (clean_acc, robust_acc): non-dominated set and ties on hand-made points, hypervolume,
 the trial table and its CSV, the PNG plot, and the self-contained HTML plot rendered in headless Chromium; the
 noise-aware front: Wilson intervals from recorded counts, "within noise" marking, method names, the search
-summary's precision line and the printed front; the hypervolume history (values and artifacts)."""
+summary's precision line and the printed front; the hypervolume history (values, artifacts, the order trials
+finished, and the MLflow parent run's ``hypervolume`` steps from the callback and the finish)."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import random
 import shutil
@@ -517,13 +519,14 @@ def test_interval_columns_from_recorded_counts(tmp_path):
         Interval(0.6, 0.4, 10)
 
 
-def write_trial(search_dir: Path, trial_id: str, params: dict, metrics: dict, train: dict) -> None:
+def write_trial(search_dir: Path, trial_id: str, params: dict, metrics: dict, train: dict,
+                train_wall: tuple[float, float] = (0.0, 1.0), finished_at: float | None = None) -> None:
     from distat.search.state import TrialResult
 
     folder = search_dir / "trials" / trial_id
     folder.mkdir(parents=True)
-    TrialResult(trial_id=trial_id, params=params, metrics=metrics, train=train, train_wall=(0.0, 1.0),
-                placement={}).save(folder)
+    TrialResult(trial_id=trial_id, params=params, metrics=metrics, train=train, train_wall=train_wall,
+                placement={}, finished_at=finished_at).save(folder)
 
 
 def test_old_search_without_counts_renders_without_intervals(tmp_path):
@@ -885,3 +888,131 @@ def test_hypervolume_history_artifacts(tmp_path):
     empty = write_artifacts([], tmp_path / "empty", finish_order=[])
     assert empty["hypervolume_csv"].read_text("utf-8") == "step,trial_id,hypervolume\n"
     assert "no finished trial" in empty["hypervolume_html"].read_text("utf-8")
+
+
+def test_trial_points_come_in_the_order_the_trials_finished(tmp_path):
+    from distat.search.driver import trial_points
+    from distat.search.state import TrialResult, finish_order, finished_trials
+
+    search_dir = tmp_path / "search"
+    metrics = {"clean_acc": 0.7, "robust_acc": 0.3}
+    write_trial(search_dir, "a_late", {}, metrics, {}, train_wall=(10.0, 20.0), finished_at=50.0)
+    write_trial(search_dir, "b_first", {}, metrics, {}, train_wall=(1.0, 5.0), finished_at=8.0)
+    write_trial(search_dir, "c_old", {}, metrics, {}, train_wall=(9.0, 30.0))  # an older file: the fit's end
+    write_trial(search_dir, "d_tie", {}, metrics, {}, train_wall=(9.0, 30.0))  # a tie: the folders' order
+    assert [p.trial_id for p in trial_points(search_dir)] == ["b_first", "c_old", "d_tie", "a_late"]
+    results = finished_trials(search_dir)
+    assert results["c_old"].finished_at is None and results["c_old"].finish_time == 30.0
+    assert results["a_late"].finish_time == 50.0
+    # a finish time that is no time sorts last, in the mapping's order
+    odd = {"x": results["a_late"].model_copy(update={"finished_at": math.nan, "train_wall": (0.0, math.inf)}),
+           **results}
+    assert finish_order(odd) == ["b_first", "c_old", "d_tie", "a_late", "x"]
+    # a file written before finished_at existed still reads
+    legacy = json.loads((search_dir / "trials" / "c_old" / "final.json").read_text())
+    legacy.pop("finished_at", None)
+    assert TrialResult.model_validate(legacy).finish_time == 30.0
+
+
+def small_search_config(name: str = "hv"):
+    from distat.search.space import parse_search_config
+
+    return parse_search_config({
+        "name": name, "seed": 3,
+        "trial": {"data": {"path": "builtin:rotten_tomatoes", "max_length": 32}, "model": {"backbone": "default"},
+                  "method": {"name": "pgd"}, "train": {"epochs": 1, "batch_size": 8}},
+        "attack": {"recipe": "textfooler", "n": 16},
+        "search": {"num_samples": 4, "max_concurrent": 1, "clean_acc_floor": 0.6},
+        "resources": {"num_workers": 1, "use_gpu": False, "cpus_per_worker": 1},
+        "params": {"adv_lr": {"loguniform": [0.01, 0.1]}},
+    })
+
+
+def test_parent_run_gets_each_hypervolume_step_once(tmp_path, caplog):
+    """The MLflow callback, driven by hand on a real local store, logs the parent run's ``hypervolume`` after
+    each trial completion from the trials on disk; a callback back from a pickled snapshot (a resumed search)
+    and the search's finish add only the steps still missing, so each step is there once and the metric
+    matches the history of the front; a snapshot pickled before the metric existed still works, and a
+    history that cannot be read costs a warning, not the search."""
+    import logging
+    import pickle
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from distat.search.driver import HypervolumeHistoryOf, finish_search, trial_points
+    from distat.search.space import clean_floor
+    from distat.search.state import SearchState
+    from distat.tracking.mlflow import HYPERVOLUME_METRIC, MLflowTrialCallback
+
+    scfg = small_search_config()
+    assert clean_floor(scfg) == 0.6
+    search_dir = tmp_path / "searches" / "hv"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    state = SearchState(search=scfg, search_dir=str(search_dir), cache_dir=str(tmp_path / "cache"), tracking_uri=uri)
+    callback = MLflowTrialCallback(uri, scfg.name, search_dir, hypervolume_history=HypervolumeHistoryOf(state))
+    trials = [("t1", 0.70, 0.20), ("t2", 0.50, 0.90), ("t3", 0.80, 0.10), ("t4", 0.65, 0.40)]  # t2: below the floor
+
+    def finish(cb, n: int) -> None:
+        trial_id, clean, robust = trials[n]
+        write_trial(search_dir, trial_id, {"adv_lr": 0.05}, {"clean_acc": clean, "robust_acc": robust}, {},
+                    finished_at=100.0 + n)
+        trial = SimpleNamespace(trial_id=trial_id, config={"adv_lr": 0.05})
+        cb.on_trial_start(0, [], trial)
+        cb.on_trial_complete(0, [], trial)
+
+    def steps() -> list[tuple[int, float]]:
+        client = MlflowClient(tracking_uri=uri)
+        parent = callback.tracker.parent_id
+        return sorted((m.step, m.value) for m in client.get_metric_history(parent, HYPERVOLUME_METRIC))
+
+    finish(callback, 0)
+    finish(callback, 1)
+    assert steps() == [(1, pytest.approx(0.14)), (2, pytest.approx(0.14))]  # t2 is infeasible: no gain
+    assert callback.pending == 0
+
+    # the driver dies; Tune's snapshot brings the callback back empty (no runs, no tracker, no points read)
+    restored = pickle.loads(pickle.dumps(callback))
+    assert restored._hypervolume is not None and restored._hypervolume._seen == {}
+    finish(restored, 2)
+    write_trial(search_dir, "t4", {"adv_lr": 0.05}, {"clean_acc": 0.65, "robust_acc": 0.4}, {},
+                finished_at=103.0)  # finished, but its completion never reached a callback
+    with caplog.at_level(logging.WARNING):
+        points, files = finish_search(scfg, search_dir, uri)
+    assert "not logged" not in caplog.text
+    history = hypervolume_history(points)
+    assert [p.trial_id for p in points] == ["t1", "t2", "t3", "t4"]
+    assert steps() == [(i, pytest.approx(v)) for i, v in enumerate(history, start=1)]
+    assert history == pytest.approx([0.14, 0.14, 0.15, 0.15 + 0.65 * 0.2])
+    assert history[-1] == hypervolume(trial_points(search_dir, 0.6, scfg))
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(callback.tracker.parent_id)
+    assert parent.info.status == "FINISHED"
+    assert {"hypervolume_history.csv", "hypervolume_history.png", "hypervolume_history.html",
+            "pareto.csv"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert files["hypervolume_csv"].read_text("utf-8").splitlines()[1:] == [
+        f"{i},{p.trial_id},{v!r}" for i, (p, v) in enumerate(zip(points, history, strict=True), start=1)]
+    finish_search(scfg, search_dir, uri)  # finishing again (distat resume of a finished search) adds nothing
+    assert len(client.get_metric_history(parent.info.run_id, HYPERVOLUME_METRIC)) == 4
+
+    # a callback from a snapshot pickled before the metric existed: no hypervolume, everything else as before
+    old = MLflowTrialCallback.__new__(MLflowTrialCallback)
+    old.__dict__.update({"_args": (uri, scfg.name, search_dir), "_uri_source": None, "_tracker": None, "_runs": {},
+                         "_backlog": [], "_down": False, "_retry_at": 0.0})
+    trials.append(("t5", 0.99, 0.99))
+    finish(old, 4)
+    assert old.pending == 0 and len(client.get_metric_history(parent.info.run_id, HYPERVOLUME_METRIC)) == 4
+    assert pickle.loads(pickle.dumps(old))._hypervolume is None
+
+    # a history that cannot be read (here: two threat models) is one warning; the trial's run still finishes
+    def unreadable() -> list[tuple[str, float]]:
+        raise ValueError("robust accuracies of two threat models")
+
+    broken = MLflowTrialCallback(uri, scfg.name, search_dir, hypervolume_history=unreadable)
+    trials.append(("t6", 0.5, 0.5))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="distat.tracking.mlflow"):
+        finish(broken, 5)
+    assert "two threat models" in caplog.text and broken.pending == 0
+    t6 = client.search_runs([parent.info.experiment_id], filter_string="tags.`distat.trial_id` = 't6'")[0]
+    assert t6.info.status == "FINISHED"
