@@ -2,7 +2,7 @@
 the trial table and its CSV, the PNG plot, and the self-contained HTML plot rendered in headless Chromium; the
 noise-aware front: Wilson intervals from recorded counts, "within noise" marking, method names, the search
 summary's precision line and the printed front; the hypervolume history (values, artifacts, the order trials
-finished, and the MLflow parent run's ``hypervolume`` steps from the callback and the finish)."""
+finished, the printed line, and the MLflow parent run's ``hypervolume`` steps from the callback and the finish)."""
 
 from __future__ import annotations
 
@@ -912,6 +912,34 @@ def test_trial_points_come_in_the_order_the_trials_finished(tmp_path):
     legacy = json.loads((search_dir / "trials" / "c_old" / "final.json").read_text())
     legacy.pop("finished_at", None)
     assert TrialResult.model_validate(legacy).finish_time == 30.0
+
+
+def test_printed_hypervolume_history(capsys):
+    from distat.app.search import FrontSummary
+    from distat.cli import _print_front
+
+    points = table_points()
+    order = ["d", "a", "e", "c", "b", "f"]
+    summary = FrontSummary.of(points, {}, "sqlite:///tmp/x.db", finish_order=order)
+    assert [s.trial_id for s in summary.history] == order and summary.reference == (0.0, 0.0)
+    _print_front(summary)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "Pareto front (4 of 6 trials, hypervolume 0.2875):"
+    assert ("  hypervolume (reference 0, 0) after each trial: 0.1500 0.1900 0.1900 0.2600 0.2800 0.2875; "
+            "last improved at trial 6 of 6 (f)") in lines
+
+    # a long search: the last 12 values only; the last improvement named even when it is not shown
+    many = [TrialPoint("best", 0.8, 0.5)] + [TrialPoint(f"t{i:02d}", 0.1, 0.1) for i in range(19)]
+    _print_front(FrontSummary.of(many, {}, "sqlite:///tmp/x.db", finish_order=[p.trial_id for p in many]))
+    line = next(x for x in capsys.readouterr().out.splitlines() if "after each trial" in x)
+    assert line == ("  hypervolume (reference 0, 0) after each trial (the last 12 of 20): ... "
+                    + " ".join(["0.4000"] * 12) + "; last improved at trial 1 of 20 (best)")
+    # nothing feasible: said so; without the order (a summary of loose points): no line
+    _print_front(FrontSummary.of([TrialPoint("x", 0.9, 0.9, infeasible=True)], {}, "sqlite:///tmp/x.db",
+                                 finish_order=["x"]))
+    assert "after each trial: 0.0000; no trial raised it above 0" in capsys.readouterr().out
+    _print_front(FrontSummary.of(points, {}, "sqlite:///tmp/x.db"))
+    assert "after each trial" not in capsys.readouterr().out
 
 
 def small_search_config(name: str = "hv"):
