@@ -99,11 +99,12 @@ def test_search_runs_trials_and_logs_parent_and_children(tmp_path, tiny_model_di
     from distat.tracking.pareto import hypervolume_history
 
     scfg = load_search_config(spec)
-    logged = sorted((m.step, m.value) for m in client.get_metric_history(parent.info.run_id, "hypervolume"))
+    metric = sorted(client.get_metric_history(parent.info.run_id, "hypervolume"), key=lambda m: m.step)
     expected = hypervolume_history(trial_points(search_dir, clean_floor(scfg), scfg))
-    assert [step for step, _ in logged] == [1, 2, 3, 4]
-    assert [value for _, value in logged] == pytest.approx(expected)
+    assert [m.step for m in metric] == [1, 2, 3, 4]
+    assert [m.value for m in metric] == pytest.approx(expected)
     assert all(a <= b for a, b in zip(expected, expected[1:], strict=False))
+    assert metric[0].timestamp < 1000 * max(f["finished_at"] for f in finals)  # live: before the last trial ended
     # the parent run: the validated search config (flattened and as YAML) and the package versions
     assert parent.data.params["search.name"] == "tiny4" and parent.data.params["search.search.num_samples"] == "4"
     assert parent.data.params["package.torch"].startswith("2.") and parent.data.params["package.distat"] != "-"
