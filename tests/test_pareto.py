@@ -863,7 +863,7 @@ def test_hypervolume_history_artifacts(tmp_path):
 
     text = paths["hypervolume_html"].read_text("utf-8")
     assert "<script" not in text and "src=" not in text and "href" not in text  # self-contained
-    assert "reference point 0, 0" in text
+    assert "<title>Hypervolume after each finished trial (reference point (0, 0))</title>" in text
     assert "6 finished trials; hypervolume 0.2875 after the last; last improved at trial 6 of 6 (f)" in text
     dom = parse(text)
     assert [a["data-trial"] for a in dom.with_class("improved", "circle")] == ["d", "a", "c", "b", "f"]

@@ -873,7 +873,7 @@ _HISTORY_WIDTH, _HISTORY_HEIGHT = 760, 380
 
 
 def _history_title(reference: tuple[float, float]) -> str:
-    return f"Hypervolume after each finished trial (reference point {reference_text(reference)})"
+    return f"Hypervolume after each finished trial (reference point ({reference_text(reference)}))"
 
 
 def _history_summary(steps: Sequence[HypervolumeStep]) -> str:
@@ -934,7 +934,7 @@ def plot_hypervolume_png(points: Sequence[TrialPoint], path: str | Path, referen
     else:
         ax.text(0.5, 0.5, "no trial to show" if not steps else "no trial raised the hypervolume above 0",
                 transform=ax.transAxes, ha="center", va="center")
-    ax.set_xlim(0, max(len(steps), 1))
+    ax.set_xlim(0, max(len(steps), 1) + 0.5)  # the last marker whole
     ax.set_ylim(bottom=0.0, top=max((s.hypervolume for s in steps), default=0.0) * 1.08 or 1.0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("finished trials")
