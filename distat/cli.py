@@ -190,6 +190,25 @@ def _front_display(table: Any, clean_metric: str = "clean_acc") -> Any:
     return shown
 
 
+_HISTORY_SHOWN = 12  # the last values of a longer hypervolume history
+
+
+def _history_line(history: Any, reference: tuple[float, float]) -> str:
+    """``  hypervolume (reference 0, 0) after each trial: 0.3120 0.4010 0.4010 0.4550; last improved at trial 4
+    of 4 (t3)``: only the last :data:`_HISTORY_SHOWN` values of a longer search, after ``...``."""
+    from distat.tracking.pareto import reference_text
+
+    values = [f"{s.hypervolume:.4f}" for s in history[-_HISTORY_SHOWN:]]
+    which = "each trial"
+    if len(history) > _HISTORY_SHOWN:
+        values.insert(0, "...")
+        which = f"each trial (the last {_HISTORY_SHOWN} of {len(history)})"
+    improved = [s for s in history if s.improved]
+    last = (f"last improved at trial {improved[-1].step} of {len(history)} ({improved[-1].trial_id})" if improved
+            else "no trial raised it above 0")
+    return f"  hypervolume (reference {reference_text(reference)}) after {which}: {' '.join(values)}; {last}"
+
+
 def _print_front(front: Any) -> None:
     if not front.total:
         print("no trial finished: nothing on the Pareto front (see the trial errors above)")
@@ -204,6 +223,8 @@ def _print_front(front: Any) -> None:
         print(f"  left out, below the clean-accuracy floor: {', '.join(front.below_floor)}")
     if front.diverged:
         print(f"  left out, diverged: {', '.join(front.diverged)}")
+    if front.history:
+        print(_history_line(front.history, front.reference))
     print(_front_display(front.table, clean_metric).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print("95% CI: Wilson score interval of the accuracy over its n examples (none where no count was recorded)")
     if front.within_noise:

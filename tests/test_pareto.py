@@ -1,11 +1,14 @@
 """The Pareto front of (clean_acc, robust_acc): non-dominated set and ties on hand-made points, hypervolume,
 the trial table and its CSV, the PNG plot, and the self-contained HTML plot rendered in headless Chromium; the
 noise-aware front: Wilson intervals from recorded counts, "within noise" marking, method names, the search
-summary's precision line and the printed front."""
+summary's precision line and the printed front; the hypervolume history (values, artifacts, the order trials
+finished, the printed line, and the MLflow parent run's ``hypervolume`` steps from the callback and the finish)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import math
 import random
 import shutil
@@ -24,6 +27,8 @@ from distat.tracking.pareto import (
     TrialPoint,
     front_table,
     hypervolume,
+    hypervolume_history,
+    hypervolume_steps,
     non_dominated,
     pareto_front,
     plot_html,
@@ -514,13 +519,14 @@ def test_interval_columns_from_recorded_counts(tmp_path):
         Interval(0.6, 0.4, 10)
 
 
-def write_trial(search_dir: Path, trial_id: str, params: dict, metrics: dict, train: dict) -> None:
+def write_trial(search_dir: Path, trial_id: str, params: dict, metrics: dict, train: dict,
+                train_wall: tuple[float, float] = (0.0, 1.0), finished_at: float | None = None) -> None:
     from distat.search.state import TrialResult
 
     folder = search_dir / "trials" / trial_id
     folder.mkdir(parents=True)
-    TrialResult(trial_id=trial_id, params=params, metrics=metrics, train=train, train_wall=(0.0, 1.0),
-                placement={}).save(folder)
+    TrialResult(trial_id=trial_id, params=params, metrics=metrics, train=train, train_wall=train_wall,
+                placement={}, finished_at=finished_at).save(folder)
 
 
 def test_old_search_without_counts_renders_without_intervals(tmp_path):
@@ -786,3 +792,255 @@ def test_best_per_method_chooses_on_the_searchs_numbers_among_feasible_trials() 
     best = best_per_method(points)
     assert {m: p.trial_id for m, p in best.items()} == {"freelb": "d", "pgd": "b"}
     assert list(best) == ["freelb", "pgd"]  # highest robust first, then clean
+
+
+# ------------------------------------------------------------------------------------------ hypervolume history
+
+
+def test_hypervolume_history_is_monotone_and_matches_the_front():
+    rng = random.Random(11)
+    for _ in range(20):
+        points = []
+        for i in range(rng.randint(1, 30)):
+            kind = rng.random()
+            clean, robust = rng.randint(0, 20) / 20, rng.randint(0, 20) / 20  # ties and duplicates on a grid
+            points.append(TrialPoint(f"t{i}", math.nan if kind < 0.05 else clean, robust, diverged=kind < 0.1,
+                                     infeasible=0.1 <= kind < 0.2))
+        history = hypervolume_history(points)
+        assert len(history) == len(points)
+        assert all(a <= b for a, b in zip(history, history[1:], strict=False)), history
+        # each value is the hypervolume of the front of the trials finished so far, exactly
+        assert history == [hypervolume(points[:i]) for i in range(1, len(points) + 1)]
+        assert history[-1] == hypervolume(points)
+
+
+def test_hypervolume_history_by_hand_infeasible_and_diverged_never_raise_it():
+    points = [
+        TrialPoint("a", 0.5, 0.4),                       # 0.2
+        TrialPoint("floor", 0.95, 0.95, infeasible=True),  # would dominate everything: not on the front
+        TrialPoint("div", 0.9, 0.9, diverged=True),
+        TrialPoint("nan", math.nan, 0.9),
+        TrialPoint("dominated", 0.4, 0.3),
+        TrialPoint("on_reference", 0.9, 0.0),            # on the front, but adds no area over (0, 0)
+        TrialPoint("b", 0.8, 0.2),                       # 0.2 + (0.8 - 0.5) * 0.2
+        TrialPoint("same_as_a", 0.5, 0.4),               # a duplicate joins the front, the area stays
+        TrialPoint("c", 0.6, 0.5),                       # dominates a: 0.8 * 0.2 + 0.6 * 0.3
+    ]
+    expected = [0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.26, 0.26, 0.34]
+    assert hypervolume_history(points) == pytest.approx(expected)
+    steps = hypervolume_steps(points)
+    assert [s.step for s in steps] == list(range(1, 10))
+    assert [s.trial_id for s in steps] == [p.trial_id for p in points]
+    assert [s.improved for s in steps] == [True, False, False, False, False, False, True, False, True]
+    assert hypervolume_history([]) == [] and hypervolume_steps([]) == []
+    # nothing valid: flat at 0, and no step counts as an improvement
+    assert [s.improved for s in hypervolume_steps(points[1:4])] == [False] * 3
+    assert hypervolume_history(points[1:4]) == [0.0] * 3
+    with pytest.raises(ValueError, match="finite"):
+        hypervolume_history(points, reference=(math.inf, 0.0))
+
+
+def test_hypervolume_history_artifacts(tmp_path):
+    from PIL import Image
+
+    from distat.tracking.pareto import in_finish_order
+
+    points = [dataclasses.replace(p, method=p.params["method"]) for p in table_points()]  # e: diverged, NaN
+    order = ["d", "a", "e", "c", "b", "f"]
+    ordered = in_finish_order(points, order)
+    expected = hypervolume_history(ordered)
+    assert expected == pytest.approx([0.15, 0.19, 0.19, 0.26, 0.28, 0.2875])
+    paths = write_artifacts(points, tmp_path / "art", finish_order=order)
+    assert set(paths) == {"csv", "png", "html", "hypervolume_csv", "hypervolume_png", "hypervolume_html"}
+    assert [paths[k].name for k in ("hypervolume_csv", "hypervolume_png", "hypervolume_html")] == [
+        "hypervolume_history.csv", "hypervolume_history.png", "hypervolume_history.html"]
+
+    back = pd.read_csv(paths["hypervolume_csv"])
+    assert list(back.columns) == ["step", "trial_id", "hypervolume"]
+    assert list(back["step"]) == [1, 2, 3, 4, 5, 6] and list(back["trial_id"]) == order
+    assert list(back["hypervolume"]) == expected  # written at full precision
+    assert back["hypervolume"].iloc[-1] == hypervolume(points)
+
+    text = paths["hypervolume_html"].read_text("utf-8")
+    assert "<script" not in text and "src=" not in text and "href" not in text  # self-contained
+    assert "<title>Hypervolume after each finished trial (reference point (0, 0))</title>" in text
+    assert "6 finished trials; hypervolume 0.2875 after the last; last improved at trial 6 of 6 (f)" in text
+    dom = parse(text)
+    assert [a["data-trial"] for a in dom.with_class("improved", "circle")] == ["d", "a", "c", "b", "f"]
+    assert [a["data-trial"] for a in dom.with_class("flat", "circle")] == ["e"]
+    rows = [a["data-trial"] for t, a in dom.tags if t == "tr" and "data-step" in a]
+    assert rows == order
+    assert "<td>3</td><td>e (pgd)</td><td>0.1900</td><td>no</td>" in text
+    assert "<td>4</td><td>c (pgd)</td><td>0.2600</td><td>yes</td>" in text
+    assert "&lt;script&gt;" in text and XSS not in text  # f's method, escaped
+    with Image.open(paths["hypervolume_png"]) as image:
+        assert image.format == "PNG" and image.size[0] > 300
+        image.load()
+        assert count_near(image, FRONT_COLOR) > 50
+
+    # without the order: the front's three files, as before; a wrong order: refused before any file is written
+    assert set(write_artifacts(points, tmp_path / "plain")) == {"csv", "png", "html"}
+    for bad in (order[:-1], [*order, "zz"], [*order[:-1], "a"]):
+        with pytest.raises(ValueError, match="finish order"):
+            write_artifacts(points, tmp_path / "bad", finish_order=bad)
+    assert not (tmp_path / "bad").exists()
+    # no trial at all still renders
+    empty = write_artifacts([], tmp_path / "empty", finish_order=[])
+    assert empty["hypervolume_csv"].read_text("utf-8") == "step,trial_id,hypervolume\n"
+    assert "no finished trial" in empty["hypervolume_html"].read_text("utf-8")
+
+
+def test_trial_points_come_in_the_order_the_trials_finished(tmp_path):
+    from distat.search.driver import trial_points
+    from distat.search.state import TrialResult, finish_order, finished_trials
+
+    search_dir = tmp_path / "search"
+    metrics = {"clean_acc": 0.7, "robust_acc": 0.3}
+    write_trial(search_dir, "a_late", {}, metrics, {}, train_wall=(10.0, 20.0), finished_at=50.0)
+    write_trial(search_dir, "b_first", {}, metrics, {}, train_wall=(1.0, 5.0), finished_at=8.0)
+    write_trial(search_dir, "c_old", {}, metrics, {}, train_wall=(9.0, 30.0))  # an older file: the fit's end
+    write_trial(search_dir, "d_tie", {}, metrics, {}, train_wall=(9.0, 30.0))  # a tie: the folders' order
+    assert [p.trial_id for p in trial_points(search_dir)] == ["b_first", "c_old", "d_tie", "a_late"]
+    results = finished_trials(search_dir)
+    assert results["c_old"].finished_at is None and results["c_old"].finish_time == 30.0
+    assert results["a_late"].finish_time == 50.0
+    # a finish time that is no time sorts last, in the mapping's order
+    odd = {"x": results["a_late"].model_copy(update={"finished_at": math.nan, "train_wall": (0.0, math.inf)}),
+           **results}
+    assert finish_order(odd) == ["b_first", "c_old", "d_tie", "a_late", "x"]
+    # a file written before finished_at existed still reads
+    legacy = json.loads((search_dir / "trials" / "c_old" / "final.json").read_text())
+    legacy.pop("finished_at", None)
+    assert TrialResult.model_validate(legacy).finish_time == 30.0
+
+
+def test_printed_hypervolume_history(capsys):
+    from distat.app.search import FrontSummary
+    from distat.cli import _print_front
+
+    points = table_points()
+    order = ["d", "a", "e", "c", "b", "f"]
+    summary = FrontSummary.of(points, {}, "sqlite:///tmp/x.db", finish_order=order)
+    assert [s.trial_id for s in summary.history] == order and summary.reference == (0.0, 0.0)
+    _print_front(summary)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "Pareto front (4 of 6 trials, hypervolume 0.2875):"
+    assert ("  hypervolume (reference 0, 0) after each trial: 0.1500 0.1900 0.1900 0.2600 0.2800 0.2875; "
+            "last improved at trial 6 of 6 (f)") in lines
+
+    # a long search: the last 12 values only; the last improvement named even when it is not shown
+    many = [TrialPoint("best", 0.8, 0.5)] + [TrialPoint(f"t{i:02d}", 0.1, 0.1) for i in range(19)]
+    _print_front(FrontSummary.of(many, {}, "sqlite:///tmp/x.db", finish_order=[p.trial_id for p in many]))
+    line = next(x for x in capsys.readouterr().out.splitlines() if "after each trial" in x)
+    assert line == ("  hypervolume (reference 0, 0) after each trial (the last 12 of 20): ... "
+                    + " ".join(["0.4000"] * 12) + "; last improved at trial 1 of 20 (best)")
+    # nothing feasible: said so; without the order (a summary of loose points): no line
+    _print_front(FrontSummary.of([TrialPoint("x", 0.9, 0.9, infeasible=True)], {}, "sqlite:///tmp/x.db",
+                                 finish_order=["x"]))
+    assert "after each trial: 0.0000; no trial raised it above 0" in capsys.readouterr().out
+    _print_front(FrontSummary.of(points, {}, "sqlite:///tmp/x.db"))
+    assert "after each trial" not in capsys.readouterr().out
+
+
+def small_search_config(name: str = "hv"):
+    from distat.search.space import parse_search_config
+
+    return parse_search_config({
+        "name": name, "seed": 3,
+        "trial": {"data": {"path": "builtin:rotten_tomatoes", "max_length": 32}, "model": {"backbone": "default"},
+                  "method": {"name": "pgd"}, "train": {"epochs": 1, "batch_size": 8}},
+        "attack": {"recipe": "textfooler", "n": 16},
+        "search": {"num_samples": 4, "max_concurrent": 1, "clean_acc_floor": 0.6},
+        "resources": {"num_workers": 1, "use_gpu": False, "cpus_per_worker": 1},
+        "params": {"adv_lr": {"loguniform": [0.01, 0.1]}},
+    })
+
+
+def test_parent_run_gets_each_hypervolume_step_once(tmp_path, caplog):
+    """The MLflow callback, driven by hand on a real local store, logs the parent run's ``hypervolume`` after
+    each trial completion from the trials on disk; a callback back from a pickled snapshot (a resumed search)
+    and the search's finish add only the steps still missing, so each step is there once and the metric
+    matches the history of the front; a snapshot pickled before the metric existed still works, and a
+    history that cannot be read costs a warning, not the search."""
+    import logging
+    import pickle
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from distat.search.driver import HypervolumeHistoryOf, finish_search, trial_points
+    from distat.search.space import clean_floor
+    from distat.search.state import SearchState
+    from distat.tracking.mlflow import HYPERVOLUME_METRIC, MLflowTrialCallback
+
+    scfg = small_search_config()
+    assert clean_floor(scfg) == 0.6
+    search_dir = tmp_path / "searches" / "hv"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    state = SearchState(search=scfg, search_dir=str(search_dir), cache_dir=str(tmp_path / "cache"), tracking_uri=uri)
+    callback = MLflowTrialCallback(uri, scfg.name, search_dir, hypervolume_history=HypervolumeHistoryOf(state))
+    trials = [("t1", 0.70, 0.20), ("t2", 0.50, 0.90), ("t3", 0.80, 0.10), ("t4", 0.65, 0.40)]  # t2: below the floor
+
+    def finish(cb, n: int) -> None:
+        trial_id, clean, robust = trials[n]
+        write_trial(search_dir, trial_id, {"adv_lr": 0.05}, {"clean_acc": clean, "robust_acc": robust}, {},
+                    finished_at=100.0 + n)
+        trial = SimpleNamespace(trial_id=trial_id, config={"adv_lr": 0.05})
+        cb.on_trial_start(0, [], trial)
+        cb.on_trial_complete(0, [], trial)
+
+    def steps() -> list[tuple[int, float]]:
+        client = MlflowClient(tracking_uri=uri)
+        parent = callback.tracker.parent_id
+        return sorted((m.step, m.value) for m in client.get_metric_history(parent, HYPERVOLUME_METRIC))
+
+    finish(callback, 0)
+    finish(callback, 1)
+    assert steps() == [(1, pytest.approx(0.14)), (2, pytest.approx(0.14))]  # t2 is infeasible: no gain
+    assert callback.pending == 0
+
+    # the driver dies; Tune's snapshot brings the callback back empty (no runs, no tracker, no points read)
+    restored = pickle.loads(pickle.dumps(callback))
+    assert restored._hypervolume is not None and restored._hypervolume._seen == {}
+    finish(restored, 2)
+    write_trial(search_dir, "t4", {"adv_lr": 0.05}, {"clean_acc": 0.65, "robust_acc": 0.4}, {},
+                finished_at=103.0)  # finished, but its completion never reached a callback
+    with caplog.at_level(logging.WARNING):
+        points, files = finish_search(scfg, search_dir, uri)
+    assert "not logged" not in caplog.text
+    history = hypervolume_history(points)
+    assert [p.trial_id for p in points] == ["t1", "t2", "t3", "t4"]
+    assert steps() == [(i, pytest.approx(v)) for i, v in enumerate(history, start=1)]
+    assert history == pytest.approx([0.14, 0.14, 0.15, 0.15 + 0.65 * 0.2])
+    assert history[-1] == hypervolume(trial_points(search_dir, 0.6, scfg))
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(callback.tracker.parent_id)
+    assert parent.info.status == "FINISHED"
+    assert {"hypervolume_history.csv", "hypervolume_history.png", "hypervolume_history.html",
+            "pareto.csv"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert files["hypervolume_csv"].read_text("utf-8").splitlines()[1:] == [
+        f"{i},{p.trial_id},{v!r}" for i, (p, v) in enumerate(zip(points, history, strict=True), start=1)]
+    finish_search(scfg, search_dir, uri)  # finishing again (distat resume of a finished search) adds nothing
+    assert len(client.get_metric_history(parent.info.run_id, HYPERVOLUME_METRIC)) == 4
+
+    # a callback from a snapshot pickled before the metric existed: no hypervolume, everything else as before
+    old = MLflowTrialCallback.__new__(MLflowTrialCallback)
+    old.__dict__.update({"_args": (uri, scfg.name, search_dir), "_uri_source": None, "_tracker": None, "_runs": {},
+                         "_backlog": [], "_down": False, "_retry_at": 0.0})
+    trials.append(("t5", 0.99, 0.99))
+    finish(old, 4)
+    assert old.pending == 0 and len(client.get_metric_history(parent.info.run_id, HYPERVOLUME_METRIC)) == 4
+    assert pickle.loads(pickle.dumps(old))._hypervolume is None
+
+    # a history that cannot be read (here: two threat models) is one warning; the trial's run still finishes
+    def unreadable() -> list[tuple[str, float]]:
+        raise ValueError("robust accuracies of two threat models")
+
+    broken = MLflowTrialCallback(uri, scfg.name, search_dir, hypervolume_history=unreadable)
+    trials.append(("t6", 0.5, 0.5))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="distat.tracking.mlflow"):
+        finish(broken, 5)
+    assert "two threat models" in caplog.text and broken.pending == 0
+    t6 = client.search_runs([parent.info.experiment_id], filter_string="tags.`distat.trial_id` = 't6'")[0]
+    assert t6.info.status == "FINISHED"

@@ -50,6 +50,7 @@ def test_search_runs_trials_and_logs_parent_and_children(tmp_path, tiny_model_di
     assert main(["search", str(spec), "--storage", str(storage), "--tracking-uri", mlflow_server]) == 0
     out = capsys.readouterr().out
     assert "Pareto front" in out and "mlflow ui" in out
+    assert "hypervolume (reference 0, 0) after each trial: " in out
 
     search_dir = storage / "tiny4"
     finals = [json.loads(p.read_text()) for p in search_dir.glob("trials/*/final.json")]
@@ -58,7 +59,9 @@ def test_search_runs_trials_and_logs_parent_and_children(tmp_path, tiny_model_di
         assert 0 <= f["metrics"]["clean_acc"] <= 1 and 0 <= f["metrics"]["robust_acc"] <= 1
         assert f["params"]["method"] in ("pgd", "adaptive_pgd")
         assert ("w_lr" in f["params"]) == (f["params"]["method"] == "adaptive_pgd")
-    assert {p.name for p in (search_dir / "pareto").iterdir()} >= {"pareto.csv", "pareto.png", "pareto.html"}
+    assert {p.name for p in (search_dir / "pareto").iterdir()} >= {"pareto.csv", "pareto.png", "pareto.html",
+                                                                   "hypervolume_history.csv", "hypervolume_history.png",
+                                                                   "hypervolume_history.html"}
     # 2 concurrent trials on 2 cores really train at the same time (the Tune trainable holds no CPU)
     walls = sorted(f["train_wall"] for f in finals)
     assert any(b[0] < a[1] for a, b in zip(walls, walls[1:], strict=False)), walls
@@ -87,7 +90,21 @@ def test_search_runs_trials_and_logs_parent_and_children(tmp_path, tiny_model_di
         assert c.data.params["trial.output_dir"].endswith(trial_id)
         assert c.data.tags["distat.threat_spec_hash"] == finals_by_id[trial_id]["metrics"]["threat_spec_hash"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"pareto.csv", "pareto.png", "pareto.html", "search_config.yaml"} <= artifacts
+    assert {"pareto.csv", "pareto.png", "pareto.html", "search_config.yaml", "hypervolume_history.csv",
+            "hypervolume_history.html"} <= artifacts
+    # the hypervolume after each finished trial, one step each (logged as trials finished, completed at the end),
+    # never decreasing, and the history of the front on disk
+    from distat.search.driver import trial_points
+    from distat.search.space import clean_floor, load_search_config
+    from distat.tracking.pareto import hypervolume_history
+
+    scfg = load_search_config(spec)
+    metric = sorted(client.get_metric_history(parent.info.run_id, "hypervolume"), key=lambda m: m.step)
+    expected = hypervolume_history(trial_points(search_dir, clean_floor(scfg), scfg))
+    assert [m.step for m in metric] == [1, 2, 3, 4]
+    assert [m.value for m in metric] == pytest.approx(expected)
+    assert all(a <= b for a, b in zip(expected, expected[1:], strict=False))
+    assert metric[0].timestamp < 1000 * max(f["finished_at"] for f in finals)  # live: before the last trial ended
     # the parent run: the validated search config (flattened and as YAML) and the package versions
     assert parent.data.params["search.name"] == "tiny4" and parent.data.params["search.search.num_samples"] == "4"
     assert parent.data.params["package.torch"].startswith("2.") and parent.data.params["package.distat"] != "-"

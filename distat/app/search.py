@@ -43,7 +43,9 @@ class FrontSummary:
     """The Pareto front of a search, ready to show: counts, hypervolume, who was left out and why, the rows of
     the front and of the trials within noise of it (a pandas DataFrame of the shown columns: the objectives
     with their 95% intervals ``<objective>_lo/_hi/_n``, empty where no count was recorded, the clean one named
-    after ``clean_metric``; ``within_noise_of`` empty on front rows) and where its files are."""
+    after ``clean_metric``; ``within_noise_of`` empty on front rows), where its files are, and, given the order
+    the trials finished, the hypervolume after each of them (:func:`distat.tracking.pareto.hypervolume_steps`,
+    reference point ``reference``)."""
 
     total: int
     on_front: int
@@ -57,19 +59,32 @@ class FrontSummary:
     within_noise: list[str] = field(default_factory=list)  # off the front, both intervals overlapping a member's
     clean_metric: str = "clean_acc"  # the clean objective (distat.tracking.pareto.CLEAN_METRICS)
     early_stop: str | None = None  # with search.early_stop: who was stopped, and the probe's rank agreement
+    history: list[Any] = field(default_factory=list)  # HypervolumeStep per finished trial; empty without the order
+    reference: tuple[float, float] = (0.0, 0.0)  # the hypervolume's reference point
 
     @classmethod
     def of(cls, points: list[Any], files: dict[str, Path], tracking_uri: str,
-           clean_metric: str = "clean_acc") -> FrontSummary:
+           clean_metric: str = "clean_acc", finish_order: list[str] | None = None) -> FrontSummary:
+        """The summary of ``points``; ``finish_order`` (every point's trial id, first finished first) adds the
+        hypervolume history."""
         import pandas as pd
 
         from distat.tracking.mlflow import redact
-        from distat.tracking.pareto import clean_label, front_table, hypervolume, non_dominated
+        from distat.tracking.pareto import (
+            REFERENCE,
+            clean_label,
+            front_table,
+            hypervolume,
+            hypervolume_steps,
+            in_finish_order,
+            non_dominated,
+        )
 
         clean_label(clean_metric)  # an unknown metric is refused with or without points
+        history = [] if finish_order is None else hypervolume_steps(in_finish_order(points, finish_order), REFERENCE)
         if not points:
             return cls(0, 0, 0.0, [], [], pd.DataFrame(), False, files, redact(tracking_uri),
-                       clean_metric=clean_metric)
+                       clean_metric=clean_metric, reference=REFERENCE)
         table = front_table(points, clean_metric)
         shown_columns = _front_columns(clean_metric)
         cols = [c for c in table.columns if c in shown_columns or c.startswith("param.")]
@@ -80,7 +95,7 @@ class FrontSummary:
                    table=table[shown][cols].reset_index(drop=True),
                    has_static="static_robust_acc" in table.columns, files=files,
                    tracking_uri=redact(tracking_uri), within_noise=list(table[table["within_noise"]]["trial_id"]),
-                   clean_metric=clean_metric)
+                   clean_metric=clean_metric, history=history, reference=REFERENCE)
 
 
 @dataclass
@@ -221,7 +236,8 @@ def search(config: SearchConfig, *, storage: str | os.PathLike[str] = "runs/sear
         points, files = finish_search(config, search_dir, uri)
         _after_search(search_dir, uri, notify)
     return SearchOutcome(search_dir, interrupted=False, front=_with_early_stop(
-        FrontSummary.of(points, files, uri, clean_metric=config.search.clean_metric), search_dir, config))
+        FrontSummary.of(points, files, uri, clean_metric=config.search.clean_metric,
+                        finish_order=[p.trial_id for p in points]), search_dir, config))
 
 
 def _tag_warm_start(tracker: Any, warm: Any) -> None:
@@ -291,11 +307,12 @@ def _continue(search_dir: str | os.PathLike[str], more: int, *, address: str | N
         points, files = finish_search(scfg, folder, uri)
         _after_search(folder, uri, notify)
     return SearchOutcome(folder, interrupted=False, front=_with_early_stop(
-        FrontSummary.of(points, files, uri, clean_metric=scfg.search.clean_metric), folder, scfg))
+        FrontSummary.of(points, files, uri, clean_metric=scfg.search.clean_metric,
+                        finish_order=[p.trial_id for p in points]), folder, scfg))
 
 
 def pareto(search_dir: str | os.PathLike[str]) -> FrontSummary:
-    """The front of a search's finished trials again, its CSV/PNG/HTML rewritten."""
+    """The front of a search's finished trials again, its CSV/PNG/HTML and the hypervolume history rewritten."""
     from distat.search.driver import PARETO_DIR, trial_points
     from distat.search.space import clean_floor
     from distat.search.state import SearchState
@@ -307,5 +324,7 @@ def pareto(search_dir: str | os.PathLike[str]) -> FrontSummary:
     if not points:
         raise DistatError(f"{folder}: no finished trial yet")
     metric = state.search.search.clean_metric
-    return _with_early_stop(FrontSummary.of(points, write_artifacts(points, folder / PARETO_DIR, clean_metric=metric),
-                                            state.tracking_uri, clean_metric=metric), folder, state.search)
+    order = [p.trial_id for p in points]  # trial_points gives them in the order they finished
+    files = write_artifacts(points, folder / PARETO_DIR, clean_metric=metric, finish_order=order)
+    return _with_early_stop(FrontSummary.of(points, files, state.tracking_uri, clean_metric=metric, finish_order=order),
+                            folder, state.search)

@@ -18,10 +18,13 @@ from typing import Any
 from distat.errors import DistatError, first_line
 from distat.search.space import SearchConfig, clean_floor
 from distat.search.state import (
+    FINAL_FILE,
     STATE_FILE,
     TRIALS_DIR,
     SavedTrackingUri,
     SearchState,
+    TrialResult,
+    finish_order,
     finished_trials,
     is_finished,
 )
@@ -101,7 +104,38 @@ def _early_stopping(state: SearchState) -> tuple[Any, list[Any]]:
     return scheduler, [RungBookKeeper(scheduler), StoppedTrialRecorder(state, scheduler)]
 
 
-def _run_config(state: SearchState, callbacks: Sequence[Any]) -> Any:
+class HypervolumeHistoryOf:
+    """The hypervolume of the front after each finished trial, ``[(trial id, hypervolume), ...]`` in the order
+    the trials finished, from their ``final.json`` files, for the MLflow parent run's ``hypervolume`` metric
+    (picklable: Tune's snapshot pickles the callback that holds it; the points read so far are not pickled).
+    A finished trial's file never changes, so each is read once."""
+
+    def __init__(self, state: SearchState) -> None:
+        self.state = state
+        self._seen: dict[str, tuple[TrialResult, Any]] = {}
+
+    def __call__(self) -> list[tuple[str, float]]:
+        from distat.tracking.pareto import hypervolume_history
+
+        scfg = self.state.search
+        seen = self.__dict__.setdefault("_seen", {})
+        results = {}
+        for final in sorted((self.state.dir / TRIALS_DIR).glob(f"*/{FINAL_FILE}")):  # finished_trials' order
+            trial_id = final.parent.name
+            if trial_id not in seen:
+                result = TrialResult.load(final.parent)
+                seen[trial_id] = (result, _point(result, self.state.dir, clean_floor(scfg), scfg))
+            results[trial_id] = seen[trial_id][0]
+        order = finish_order(results)
+        return list(zip(order, hypervolume_history([seen[t][1] for t in order]), strict=True))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"state": self.state, "_seen": {}}
+
+
+def _run_config(state: SearchState, callbacks: Sequence[Any], first: Sequence[Any] = ()) -> Any:
+    """Tune's run config; ``first``: callbacks that run before the MLflow one (early stopping writes a stopped
+    trial's final result, which the parent run's hypervolume history reads)."""
     from ray import tune
 
     from distat.search.cluster import LeakSweeper
@@ -109,10 +143,11 @@ def _run_config(state: SearchState, callbacks: Sequence[Any]) -> Any:
 
     return tune.RunConfig(
         name=state.dir.name, storage_path=str(state.dir.parent.resolve()),
-        callbacks=[MLflowTrialCallback(state.tracking_uri, state.search.name, state.dir,
+        callbacks=[*first, MLflowTrialCallback(state.tracking_uri, state.search.name, state.dir,
                                        uri_source=SavedTrackingUri(state.dir),
                                        search_config=state.search.model_dump(mode="json"),
-                                       trial_config=TrialConfigOf(state)),
+                                       trial_config=TrialConfigOf(state),
+                                       hypervolume_history=HypervolumeHistoryOf(state)),
                    LeakSweeper(), *callbacks],
         failure_config=tune.FailureConfig(max_failures=1), verbose=0,
     )
@@ -166,7 +201,7 @@ def _fit_new(state: SearchState, callbacks: Sequence[Any] = (),
                                                          warm.used if warm is not None else ()),
                                     num_samples=scfg.search.num_samples, scheduler=scheduler,
                                     max_concurrent_trials=scfg.search.max_concurrent, reuse_actors=True),
-        run_config=_run_config(state, [*stopping, *callbacks]),
+        run_config=_run_config(state, callbacks, first=stopping),
     )
     return tuner.fit()
 
@@ -280,42 +315,45 @@ _EXTRA_PREFIXES = ("attack_", "perturbed", "probe_", "early_stopped_epoch", "avg
 def trial_points(search_dir: Path, clean_acc_floor: float | None = None,
                  scfg: SearchConfig | None = None) -> list[Any]:
     """One :class:`~distat.tracking.pareto.TrialPoint` per finished trial, read from the search directory
-    (complete on disk whatever happened to the driver or the tracking server). Trials below
-    ``clean_acc_floor`` are marked infeasible (kept in the table, off the front). Each point names its method
-    (from ``scfg`` when given, else from a searched ``method``) and carries the 95% Wilson interval of each
-    accuracy whose count the trial recorded (:func:`_intervals`)."""
+    (complete on disk whatever happened to the driver or the tracking server), in the order the trials finished
+    (:func:`~distat.search.state.finish_order`). Trials below ``clean_acc_floor`` are marked infeasible (kept in
+    the table, off the front). Each point names its method (from ``scfg`` when given, else from a searched
+    ``method``) and carries the 95% Wilson interval of each accuracy whose count the trial recorded
+    (:func:`_intervals`)."""
     from distat.attacks.spec import HASH_KEY, check_same_spec
-    from distat.tracking.pareto import OBJECTIVES as FRONT_OBJECTIVES
-    from distat.tracking.pareto import TrialPoint
 
-    finished = finished_trials(search_dir).values()
-    clean_metric = scfg.search.clean_metric if scfg is not None else "clean_acc"
+    finished = finished_trials(search_dir)
     # one column per objective: numbers measured under different threat models (a resource rebuilt between a
     # driver kill and `distat resume`, a searched data.path) must not share it; trials from before specs were
     # recorded, and diverged ones (never attacked), are left out of the check
-    check_same_spec({f"trial {r.trial_id}": r.metrics.get(HASH_KEY) for r in finished
+    check_same_spec({f"trial {r.trial_id}": r.metrics.get(HASH_KEY) for r in finished.values()
                      if isinstance(r.metrics.get(HASH_KEY), str)}, what="robust accuracies on the front")
-    points = []
-    for result in finished:
-        m = result.metrics
-        intervals = _intervals(m, result.train)
-        if clean_metric != "clean_acc":  # the clean objective is a score without a count behind it: no interval
-            intervals.pop("clean_acc", None)
-        # bounds recorded at attack time are columns of the intervals now (the objectives' always are)
-        covered = {f"{name}{end}" for name in {*intervals, *FRONT_OBJECTIVES} for end in ("_lo", "_hi", "_n")}
-        extra = {k: float(v) for k, v in m.items()
-                 if k.startswith(_EXTRA_PREFIXES) and isinstance(v, (int, float)) and k not in covered
-                 and k != clean_metric}
-        if clean_metric != "clean_acc" and isinstance(m.get("clean_acc"), (int, float)):
-            extra["clean_acc"] = float(m["clean_acc"])  # beside the clean objective, and what the floor reads
-        points.append(TrialPoint(trial_id=result.trial_id, clean_acc=float(m.get(clean_metric, math.nan)),
-                                 robust_acc=float(m.get("robust_acc", math.nan)), params=result.params,
-                                 diverged=bool(m.get("diverged", 0.0)), extra=extra,
-                                 infeasible=clean_acc_floor is not None
-                                 and not float(m.get("clean_acc", 0.0)) >= clean_acc_floor,
-                                 method=_method_label(scfg, result.params, search_dir / TRIALS_DIR / result.trial_id),
-                                 intervals=intervals))
-    return points
+    return [_point(finished[trial_id], search_dir, clean_acc_floor, scfg) for trial_id in finish_order(finished)]
+
+
+def _point(result: TrialResult, search_dir: Path, clean_acc_floor: float | None, scfg: SearchConfig | None) -> Any:
+    """The :class:`~distat.tracking.pareto.TrialPoint` of one finished trial (:func:`trial_points`)."""
+    from distat.tracking.pareto import OBJECTIVES as FRONT_OBJECTIVES
+    from distat.tracking.pareto import TrialPoint
+
+    clean_metric = scfg.search.clean_metric if scfg is not None else "clean_acc"
+    m = result.metrics
+    intervals = _intervals(m, result.train)
+    if clean_metric != "clean_acc":  # the clean objective is a score without a count behind it: no interval
+        intervals.pop("clean_acc", None)
+    # bounds recorded at attack time are columns of the intervals now (the objectives' always are)
+    covered = {f"{name}{end}" for name in {*intervals, *FRONT_OBJECTIVES} for end in ("_lo", "_hi", "_n")}
+    extra = {k: float(v) for k, v in m.items()
+             if k.startswith(_EXTRA_PREFIXES) and isinstance(v, (int, float)) and k not in covered
+             and k != clean_metric}
+    if clean_metric != "clean_acc" and isinstance(m.get("clean_acc"), (int, float)):
+        extra["clean_acc"] = float(m["clean_acc"])  # beside the clean objective, and what the floor reads
+    return TrialPoint(trial_id=result.trial_id, clean_acc=float(m.get(clean_metric, math.nan)),
+                      robust_acc=float(m.get("robust_acc", math.nan)), params=result.params,
+                      diverged=bool(m.get("diverged", 0.0)), extra=extra,
+                      infeasible=clean_acc_floor is not None and not float(m.get("clean_acc", 0.0)) >= clean_acc_floor,
+                      method=_method_label(scfg, result.params, search_dir / TRIALS_DIR / result.trial_id),
+                      intervals=intervals)
 
 
 def _intervals(metrics: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
@@ -364,17 +402,21 @@ def _method_label(scfg: SearchConfig | None, params: dict[str, Any], trial_dir: 
 
 
 def finish_search(scfg: SearchConfig, search_dir: Path, tracking_uri: str) -> tuple[list[Any], dict[str, Path]]:
-    """Pareto artifacts into ``search_dir/pareto`` and onto the MLflow parent run. A tracking server lost by
-    now costs the parent run its artifacts (one warning), not the search: the front is on disk."""
-    from distat.tracking.mlflow import Tracker, redact
-    from distat.tracking.pareto import write_artifacts
+    """Pareto artifacts (the front and the hypervolume history) into ``search_dir/pareto`` and onto the MLflow
+    parent run, with every step of its ``hypervolume`` metric the callback did not log. A tracking server lost by
+    now costs the parent run its artifacts (one warning), not the search: the front is on disk. Returns the points
+    in the order their trials finished and the files."""
+    from distat.tracking.mlflow import HYPERVOLUME_METRIC, Tracker, redact
+    from distat.tracking.pareto import hypervolume_history, write_artifacts
 
     points = trial_points(search_dir, clean_floor(scfg), scfg)
-    files = write_artifacts(points, search_dir / PARETO_DIR, clean_metric=scfg.search.clean_metric)
+    files = write_artifacts(points, search_dir / PARETO_DIR, clean_metric=scfg.search.clean_metric,
+                            finish_order=[p.trial_id for p in points])
     try:
         tracker = Tracker(tracking_uri, scfg.name, search_dir)
         tracker.close_stray_children({p.trial_id for p in points})
         tracker.log_artifacts(tracker.parent_id, search_dir / PARETO_DIR)
+        tracker.log_missing_steps(tracker.parent_id, HYPERVOLUME_METRIC, hypervolume_history(points))
         tracker.finish(tracker.parent_id)
     except Exception as e:  # noqa: BLE001 - any tracking failure: the results stay on disk
         log.warning("the Pareto front was not logged to MLflow (%s: %s); it is in %s", type(e).__name__,

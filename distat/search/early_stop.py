@@ -411,8 +411,8 @@ def record_stopped(state: Any, trial_id: str, config: dict[str, Any], last: dict
     metrics.update({k: v for k, v in last.items() if str(k).startswith("probe_")})
     metrics.update({"early_stopped_epoch": float(rung), "phase": "stopped", "trial_dir": str(out)})
     starts = worker_starts(out)
-    started = starts[0].time if starts else time.time()
+    started, now = (starts[0].time if starts else time.time()), time.time()
     TrialResult(trial_id=trial_id, params=sampled_params(state.search, config), metrics=metrics,
                 train={k: v for k, v in numbers.items() if not k.startswith(("time_", "probe_"))},
-                train_wall=(started, time.time()), placement={"stopped_at_rung": rung}).save(out)
+                train_wall=(started, now), placement={"stopped_at_rung": rung}, finished_at=now).save(out)
     log.info("early stop: trial %s stopped after epoch %d; its rung result is its final result", trial_id, rung)

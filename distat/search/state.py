@@ -7,7 +7,7 @@ A search directory ``<storage>/<name>/`` (Tune's experiment folder, shared by ev
 * ``trials/<trial_id>/train_result.json`` (:class:`TrainResult`): what the rank-0 Ray Train worker hands the
   trial (metrics, checkpoint, worker starts, and the robust metrics when it attacked itself);
 * ``trials/<trial_id>/final.json`` (:class:`TrialResult`): the trial's final result (params, metrics,
-  timings, placement); its presence means "finished";
+  timings, placement, when it finished); its presence means "finished";
 * ``trials/<trial_id>/train_starts.jsonl`` (:class:`WorkerStart`, one line per Ray Train worker start).
 
 The processes of a search (driver, Tune trainable, Train workers) hand each other these models, never raw
@@ -17,6 +17,7 @@ dicts with agreed keys. Every file is written atomically (:mod:`distat.atomic`).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,16 @@ class TrialResult(_Record):
     ada_pool: str | None = None
     train_wall: tuple[float, float]
     placement: dict[str, Any]
+    finished_at: float | None = None  # unix time the result was written; files from before it was recorded lack it
+
+    @property
+    def finish_time(self) -> float:
+        """When the trial finished (unix time): ``finished_at``, else, in older files, the end of its training
+        fit (before its attack); NaN when neither is a finite time."""
+        for value in (self.finished_at, self.train_wall[1]):
+            if value is not None and math.isfinite(value):
+                return float(value)
+        return math.nan
 
     def save(self, trial_dir: Path) -> Path:
         return write_json(trial_dir / FINAL_FILE, self.model_dump(mode="json"))
@@ -195,6 +206,18 @@ def finished_trials(search_dir: Path) -> dict[str, TrialResult]:
     """trial id -> its :class:`TrialResult`, for every finished trial of the search."""
     return {p.parent.name: TrialResult.load(p.parent)
             for p in sorted((search_dir / TRIALS_DIR).glob(f"*/{FINAL_FILE}"))}
+
+
+def finish_order(results: dict[str, TrialResult]) -> list[str]:
+    """The trial ids of ``results`` in the order the trials finished (:attr:`TrialResult.finish_time`); ties,
+    and trials without a finish time (last), keep the mapping's order."""
+    position = {trial_id: i for i, trial_id in enumerate(results)}
+
+    def key(trial_id: str) -> tuple[bool, float, int]:
+        when = results[trial_id].finish_time
+        return math.isnan(when), 0.0 if math.isnan(when) else when, position[trial_id]
+
+    return sorted(results, key=key)
 
 
 def record_start(trial_dir: Path, start: WorkerStart) -> None:

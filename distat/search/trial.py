@@ -122,5 +122,5 @@ def run_trial(config: dict[str, Any], state: SearchState) -> None:
         final["time_ada_s"] = t_ada
     final["time_train_loop_s"] = float(summary.loop_s)
     TrialResult(trial_id=trial_id, params=params, metrics=final, train=train_metrics, ada_pool=ada.get("ada_pool"),
-                train_wall=(fit_started, fit_ended), placement=placement).save(out)
+                train_wall=(fit_started, fit_ended), placement=placement, finished_at=time.time()).save(out)
     tune.report(final)

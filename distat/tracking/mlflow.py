@@ -6,6 +6,10 @@ checked before any training, so an unreachable server is one clear error up fron
 
 Runs are found again by tags rather than remembered in memory, so a resumed search (even after the driver
 was SIGKILLed) reuses its parent run and every trial's child run instead of duplicating them.
+
+The parent run's metric ``hypervolume`` (:data:`HYPERVOLUME_METRIC`) is the hypervolume of the Pareto front after
+each finished trial, at step = the number of finished trials (:func:`distat.tracking.pareto.hypervolume_history`,
+reference point (0, 0)); steps already on the run are never logged again (:meth:`Tracker.log_missing_steps`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,8 @@ TAG_SPEC = "distat.threat_spec_hash"  # the hash of the attack settings behind a
 _SPEC_KEY = TAG_SPEC.removeprefix("distat.")
 _SKIP_PARAMS = {"__distat__"}
 _PARAMS_PER_BATCH = 100  # MLflow's limit of params in one log_batch call
+_METRICS_PER_BATCH = 1000  # and of metrics
+HYPERVOLUME_METRIC = "hypervolume"  # on the parent run, one step per finished trial
 # the packages whose versions shape a trained model or a robust-accuracy number
 _PACKAGES = ("distat", "torch", "transformers", "textattack", "ray", "optuna", "mlflow", "numpy")
 # Tune's own bookkeeping fields in every result: not metrics of the trial
@@ -203,6 +209,23 @@ class Tracker:
         if batch:
             self.client.log_batch(run_id, metrics=batch)
 
+    def log_missing_steps(self, run_id: str, key: str, values: Sequence[float],
+                          timestamp_ms: int | None = None) -> int:
+        """Log ``values[i]`` as ``key`` at step ``i + 1`` for each step at which the run has no value of ``key``
+        yet (finite values only), stamped ``timestamp_ms`` (default: now): a resumed or finished search adds what
+        is missing and never duplicates a step. Returns how many values were logged."""
+        import time
+
+        from mlflow.entities import Metric
+
+        have = {m.step for m in self.client.get_metric_history(run_id, key)}
+        now = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+        batch = [Metric(key, float(v), now, step) for step, v in enumerate(values, start=1)
+                 if step not in have and math.isfinite(float(v))]
+        for start in range(0, len(batch), _METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=batch[start:start + _METRICS_PER_BATCH])
+        return len(batch)
+
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
@@ -272,18 +295,24 @@ class MLflowTrialCallback(Callback):
     Whatever is still queued when the search ends is dropped with one warning saying how much, for which
     trials; the results on disk are complete either way. A call the server answers but refuses is skipped
     with a warning, as before. The queue lives in the driver: a driver killed while it holds calls loses them.
+
+    ``hypervolume_history``, a picklable callable, gives ``[(trial id, hypervolume), ...]`` after each finished
+    trial in finish order (read from disk); after every trial completion the parent run gets the steps of its
+    ``hypervolume`` metric it lacks. A history that cannot be read is skipped with a warning, like a refused call.
     """
 
     retry_s = 10.0
 
     def __init__(self, tracking_uri: str, experiment: str, search_dir: Path,
                  uri_source: Callable[[], str | None] | None = None, search_config: dict[str, Any] | None = None,
-                 trial_config: Callable[[dict[str, Any], str], tuple[str, dict[str, Any]]] | None = None) -> None:
+                 trial_config: Callable[[dict[str, Any], str], tuple[str, dict[str, Any]]] | None = None,
+                 hypervolume_history: Callable[[], Sequence[tuple[str, float]]] | None = None) -> None:
         self._args = (tracking_uri, experiment, search_dir)
         # the parent run records the whole search; trial_config(params, trial_id) gives a trial's method label and
         # whole config (picklable: Tune's snapshot pickles this callback)
         self._search_config = search_config
         self._trial_config = trial_config
+        self._hypervolume = hypervolume_history  # picklable, like trial_config
         # a picklable callable whose answer wins: the URI saved now (distat resume --tracking-uri)
         self._uri_source = uri_source
         self._tracker: Tracker | None = None
@@ -346,7 +375,18 @@ class MLflowTrialCallback(Callback):
             self._submit(trial.trial_id, lambda: self.tracker.set_tags(self._run(trial), tags))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        import time
+
         self._submit(trial.trial_id, lambda: self.tracker.finish(self._run(trial), "FINISHED"))
+        history = getattr(self, "_hypervolume", None)  # snapshots pickled before it existed lack it
+        if history is not None:
+            stamp = int(time.time() * 1000)
+            self._submit(trial.trial_id, lambda: self._log_hypervolume(history, stamp))
+
+    def _log_hypervolume(self, history: Callable[[], Sequence[tuple[str, float]]], stamp: int) -> None:
+        """The parent run's ``hypervolume`` steps it lacks, from the history on disk now."""
+        values = [hv for _, hv in history()]
+        self.tracker.log_missing_steps(self.tracker.parent_id, HYPERVOLUME_METRIC, values, stamp)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._submit(trial.trial_id, lambda: self.tracker.finish(self._run(trial), "FAILED"))
@@ -412,7 +452,7 @@ class MLflowTrialCallback(Callback):
 
     def __getstate__(self) -> dict[str, Any]:  # the experiment snapshot pickles callbacks
         return {"_args": self._args, "_uri_source": getattr(self, "_uri_source", None), "_tracker": None, "_runs": {},
-                "_backlog": [], "_down": False, "_retry_at": 0.0}
+                "_backlog": [], "_down": False, "_retry_at": 0.0, "_hypervolume": getattr(self, "_hypervolume", None)}
 
 
 def _answers(uri: str) -> bool:

@@ -41,6 +41,13 @@ dominated region, within-noise points orange, dominated points grey, and a table
 within noise of it) below. The SVG is complete without JavaScript (native ``<title>`` tooltips), so it
 still reads in viewers that sandbox scripts; the script adds a richer hover tooltip, row/point highlighting
 and a switch to hide dominated trials, and marks the root element ``data-pareto-ready="1"`` once it has run.
+
+The **hypervolume history** (:func:`hypervolume_history`) is the hypervolume of the front of the first *i*
+finished trials, for every *i*, with the fixed reference point :data:`REFERENCE` ``(0, 0)``: it never decreases,
+and a flat stretch is trials that did not improve the front (dominated, diverged, infeasible, or not better than
+the reference). Given the trials' finish order, :func:`write_artifacts` adds ``hypervolume_history.csv``
+(``step, trial_id, hypervolume``), ``hypervolume_history.png`` (a step plot) and ``hypervolume_history.html``
+(self-contained, inline SVG and a table of every step), so a user sees when the search stopped improving.
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -65,19 +72,28 @@ __all__ = [
     "FRONT_COLOR",
     "WITHIN_NOISE_COLOR",
     "BEST_RULE",
+    "REFERENCE",
+    "HypervolumeStep",
     "Interval",
     "TrialPoint",
     "best_per_method",
     "clean_label",
     "front_table",
     "hypervolume",
+    "hypervolume_history",
+    "hypervolume_steps",
+    "in_finish_order",
     "non_dominated",
     "pareto_front",
     "plot_html",
+    "plot_hypervolume_html",
+    "plot_hypervolume_png",
     "plot_png",
+    "reference_text",
     "write_artifacts",
     "within_noise",
     "write_front_csv",
+    "write_hypervolume_csv",
 ]
 
 FRONT_COLOR = "#1f77b4"
@@ -89,6 +105,9 @@ OBJECTIVES = ("clean_acc", "robust_acc")  # the fields of a point (and keys of i
 CLEAN_METRICS = {"clean_acc": "clean accuracy", "macro_f1": "macro-F1", "balanced_acc": "balanced accuracy"}
 """The clean objectives a search may maximise, metric name -> the label plots and tables show for it."""
 _CI_SUFFIXES = ("_lo", "_hi", "_n")
+REFERENCE = (0.0, 0.0)
+"""The hypervolume's reference point (clean objective, robust accuracy): the worst value of each."""
+HISTORY_STEM = "hypervolume_history"  # hypervolume_history.csv / .png / .html
 
 
 def clean_label(clean_metric: str) -> str:
@@ -259,7 +278,7 @@ def pareto_front(points: Sequence[TrialPoint]) -> list[TrialPoint]:
     return sorted(front, key=lambda p: (-p.clean_acc, p.robust_acc, p.trial_id))
 
 
-def hypervolume(points: Sequence[TrialPoint], reference: tuple[float, float] = (0.0, 0.0)) -> float:
+def hypervolume(points: Sequence[TrialPoint], reference: tuple[float, float] = REFERENCE) -> float:
     """Exact 2-D hypervolume (area) dominated by the front and bounded below by ``reference``.
 
     Only front points strictly better than the reference in both objectives contribute; an empty front
@@ -267,9 +286,7 @@ def hypervolume(points: Sequence[TrialPoint], reference: tuple[float, float] = (
     With the front sorted by clean accuracy descending (so robust accuracy ascending), the area is the sum of
     the horizontal slabs ``(clean_i - ref_clean) * (robust_i - robust_{i-1})`` with ``robust_0 = ref_robust``.
     """
-    ref_clean, ref_robust = float(reference[0]), float(reference[1])
-    if not (math.isfinite(ref_clean) and math.isfinite(ref_robust)):
-        raise ValueError(f"hypervolume reference must be finite, got {reference!r}")
+    ref_clean, ref_robust = _check_reference(reference)
     front = [p for p in pareto_front(points) if p.clean_acc > ref_clean and p.robust_acc > ref_robust]
     area = 0.0
     previous = ref_robust
@@ -277,6 +294,78 @@ def hypervolume(points: Sequence[TrialPoint], reference: tuple[float, float] = (
         area += (p.clean_acc - ref_clean) * (p.robust_acc - previous)
         previous = p.robust_acc
     return area
+
+
+class HypervolumeStep(NamedTuple):
+    """The hypervolume after the ``step``-th finished trial (1-based), that trial, and whether it raised the
+    hypervolume (above the previous step's; above 0 for the first)."""
+
+    step: int
+    trial_id: str
+    hypervolume: float
+    improved: bool
+
+
+def hypervolume_history(points: Sequence[TrialPoint], reference: tuple[float, float] = REFERENCE) -> list[float]:
+    """The hypervolume of the first ``i`` points, for ``i = 1 .. len(points)``: ``points`` in the order their
+    trials finished. Diverged and infeasible trials count as finished but never change the front, so never the
+    hypervolume; the last value is :func:`hypervolume` of all the points. Never decreasing: each value is the
+    hypervolume of a front at least as large as the one before.
+
+    Incremental: each point is compared with the running front only (:func:`non_dominated`), and the area is
+    recomputed (:func:`hypervolume`) only when the point joins the front, so each value is exactly
+    :func:`hypervolume` of the points so far.
+    """
+    _check_reference(reference)
+    front: list[TrialPoint] = []
+    value = 0.0
+    out = []
+    for point in points:
+        if point.valid:
+            candidates = [*front, point]
+            flags = non_dominated(candidates)
+            if flags[-1]:  # on the front of the trials so far: the ones it dominates leave it
+                front = [p for p, keep in zip(candidates, flags, strict=True) if keep]
+                value = hypervolume(front, reference)
+        out.append(value)
+    return out
+
+
+def hypervolume_steps(points: Sequence[TrialPoint],
+                      reference: tuple[float, float] = REFERENCE) -> list[HypervolumeStep]:
+    """:func:`hypervolume_history` with each step's trial and whether it raised the hypervolume."""
+    steps = []
+    previous = 0.0
+    for i, (point, value) in enumerate(zip(points, hypervolume_history(points, reference), strict=True), start=1):
+        steps.append(HypervolumeStep(i, point.trial_id, value, value > previous))
+        previous = value
+    return steps
+
+
+def in_finish_order(points: Sequence[TrialPoint], finish_order: Sequence[str]) -> list[TrialPoint]:
+    """``points`` reordered as ``finish_order`` (trial ids, first finished first); ValueError unless it names
+    every point's trial exactly once."""
+    by_id = {p.trial_id: p for p in points}
+    if len(by_id) != len(points):
+        raise ValueError("finish order: the points' trial ids are not unique")
+    if len(set(finish_order)) != len(finish_order) or set(finish_order) != set(by_id):
+        missing = sorted(set(by_id) - set(finish_order))
+        unknown = sorted(set(finish_order) - set(by_id))
+        raise ValueError(f"finish order must name every trial once (missing: {missing}, unknown: {unknown}, "
+                         f"{len(finish_order)} ids for {len(by_id)} trials)")
+    return [by_id[trial_id] for trial_id in finish_order]
+
+
+def reference_text(reference: tuple[float, float] = REFERENCE) -> str:
+    """The reference point as the artifacts and the CLI state it: ``0, 0``."""
+    return f"{float(reference[0]):g}, {float(reference[1]):g}"
+
+
+def _check_reference(reference: tuple[float, float]) -> tuple[float, float]:
+    ref_clean, ref_robust = float(reference[0]), float(reference[1])
+    if not (math.isfinite(ref_clean) and math.isfinite(ref_robust)):
+        raise ValueError(f"hypervolume reference must be finite, got {reference!r}")
+    return ref_clean, ref_robust
 
 
 def front_table(points: Sequence[TrialPoint], clean_metric: str = "clean_acc") -> pd.DataFrame:
@@ -778,19 +867,248 @@ def plot_html(points: Sequence[TrialPoint], path: str | Path, title: str | None 
     return path
 
 
+# ---------------------------------------------------------------------------------------- hypervolume history
+
+_HISTORY_WIDTH, _HISTORY_HEIGHT = 760, 380
+
+
+def _history_title(reference: tuple[float, float]) -> str:
+    return f"Hypervolume after each finished trial (reference point ({reference_text(reference)}))"
+
+
+def _history_summary(steps: Sequence[HypervolumeStep]) -> str:
+    """``12 finished trials; hypervolume 0.4550 after the last; last improved at trial 9 of 12 (3f2a9c1e)``."""
+    if not steps:
+        return "no finished trial"
+    improved = [s for s in steps if s.improved]
+    text = f"{len(steps)} finished trials; hypervolume {steps[-1].hypervolume:.4f} after the last; "
+    if not improved:
+        return text + "no trial raised it above 0"
+    last = improved[-1]
+    return text + f"last improved at trial {last.step} of {len(steps)} ({last.trial_id})"
+
+
+def write_hypervolume_csv(points: Sequence[TrialPoint], path: str | Path,
+                          reference: tuple[float, float] = REFERENCE) -> Path:
+    """``step, trial_id, hypervolume``: one row per finished trial, ``points`` in the order they finished
+    (:func:`hypervolume_history`)."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["step", "trial_id", "hypervolume"])
+    writer.writerows((s.step, s.trial_id, repr(s.hypervolume)) for s in hypervolume_steps(points, reference))
+    return write_text(Path(path), buffer.getvalue())
+
+
+def plot_hypervolume_png(points: Sequence[TrialPoint], path: str | Path, reference: tuple[float, float] = REFERENCE,
+                         clean_metric: str = "clean_acc") -> Path:
+    """A PNG step plot of the hypervolume against the number of finished trials (``points`` in the order they
+    finished), the trials that raised it marked, the last of them by a dashed line; the reference point is in
+    the title. Agg canvas, no pyplot."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    label = clean_label(clean_metric)
+    steps = hypervolume_steps(points, reference)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(7.0, 4.2), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    up = [s for s in steps if s.improved]
+    flat = [s for s in steps if not s.improved]
+    if steps:
+        ax.step([0, *(s.step for s in steps)], [0.0, *(s.hypervolume for s in steps)], where="post",
+                color=FRONT_COLOR, linewidth=1.6, zorder=2)
+    if flat:
+        ax.scatter([s.step for s in flat], [s.hypervolume for s in flat], s=16, color=DOMINATED_COLOR, zorder=3,
+                   label=f"no improvement ({len(flat)})")
+    if up:
+        ax.scatter([s.step for s in up], [s.hypervolume for s in up], s=30, color=FRONT_COLOR, edgecolors="white",
+                   linewidths=0.6, zorder=4, label=f"raised the hypervolume ({len(up)})")
+        ax.axvline(up[-1].step, color=DIVERGED_COLOR, linestyle="--", linewidth=0.9, zorder=1)
+        ax.legend(loc="lower right", fontsize=8, frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no trial to show" if not steps else "no trial raised the hypervolume above 0",
+                transform=ax.transAxes, ha="center", va="center")
+    ax.set_xlim(0, max(len(steps), 1) + 0.5)  # the last marker whole
+    ax.set_ylim(bottom=0.0, top=max((s.hypervolume for s in steps), default=0.0) * 1.08 or 1.0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("finished trials")
+    ax.set_ylabel(f"hypervolume ({label} x robust accuracy)")
+    ax.set_title(_history_title(reference), fontsize=11)
+    ax.text(0.01, 0.98, _history_summary(steps), transform=ax.transAxes, ha="left", va="top", fontsize=7,
+            color=DIVERGED_COLOR)
+    ax.grid(True, color="#e6e6e6", linewidth=0.8, zorder=0)
+    fig.tight_layout()
+    with atomic_file(path) as part:
+        fig.savefig(part, format="png")
+    return path
+
+
+def _int_ticks(n: int) -> list[int]:
+    """Whole-number ticks from 0 to at least ``n``, 1, 2 or 5 × 10^k apart, at most about 10 of them."""
+    step = 1
+    while n / step > 10:
+        step = step * 5 // 2 if str(step).startswith("2") else step * 2  # 1, 2, 5, 10, 20, 50...
+    return list(range(0, n + step, step)) if n else [0, 1]
+
+
+_HISTORY_CSS = ("""
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 16px; color: #222; }
+h1 { font-size: 18px; margin: 0 0 4px 0; }
+p.summary { margin: 0 0 8px 0; color: #555; font-size: 13px; }
+#hypervolume-plot { display: block; max-width: 100%; height: auto; }
+.axis line { stroke: #444; stroke-width: 1; }
+.grid line { stroke: #ececec; stroke-width: 1; }
+.axis text { font-size: 11px; fill: #333; }
+.axis-label { font-size: 13px; fill: #222; }
+.history-line { fill: none; stroke: FRONT; stroke-width: 2; }
+.last-improved { stroke: DIVERGED; stroke-width: 1; stroke-dasharray: 5 4; }
+circle.improved { fill: FRONT; stroke: #fff; stroke-width: 1; }
+circle.flat { fill: DOMINATED; stroke: none; }
+table.history-table { border-collapse: collapse; margin-top: 12px; font-size: 13px; }
+table.history-table th, table.history-table td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; }
+table.history-table th { background: #f4f4f4; }
+table.history-table tr.improved td { font-weight: 600; }
+""".replace("FRONT", FRONT_COLOR).replace("DOMINATED", DOMINATED_COLOR).replace("DIVERGED", DIVERGED_COLOR))
+
+
+def _history_svg(points: Sequence[TrialPoint], steps: Sequence[HypervolumeStep], label: str) -> str:
+    n = len(steps)
+    x_ticks = _int_ticks(n)
+    top_value = max((s.hypervolume for s in steps), default=0.0)
+    y_lo, y_hi, y_ticks = _nice_ticks(0.0, top_value * 1.05) if top_value > 0 else (0.0, 1.0, [0.0, 0.5, 1.0])
+    y_lo, y_ticks = 0.0, [t for t in y_ticks if t >= 0.0]
+    left, right = _MARGIN_LEFT, _HISTORY_WIDTH - _MARGIN_RIGHT
+    top, bottom = _MARGIN_TOP, _HISTORY_HEIGHT - _MARGIN_BOTTOM
+
+    def sx(v: float) -> float:
+        return left + v / x_ticks[-1] * (right - left)
+
+    def sy(v: float) -> float:
+        return bottom - (v - y_lo) / (y_hi - y_lo) * (bottom - top)
+
+    out = [
+        f'<svg id="hypervolume-plot" width="{_HISTORY_WIDTH}" height="{_HISTORY_HEIGHT}" '
+        f'viewBox="0 0 {_HISTORY_WIDTH} {_HISTORY_HEIGHT}" role="img" '
+        'aria-label="hypervolume of the front after each finished trial">',
+        '<g class="grid">',
+    ]
+    out += [f'<line x1="{sx(t):.2f}" y1="{top}" x2="{sx(t):.2f}" y2="{bottom}"/>' for t in x_ticks]
+    out += [f'<line x1="{left}" y1="{sy(t):.2f}" x2="{right}" y2="{sy(t):.2f}"/>' for t in y_ticks]
+    out.append("</g>")
+    out.append('<g class="axis">')
+    out.append(f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}"/>')
+    out.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}"/>')
+    for t in x_ticks:
+        out.append(f'<text x="{sx(t):.2f}" y="{bottom + 18}" text-anchor="middle">{t}</text>')
+    for t in y_ticks:
+        out.append(f'<text x="{left - 8}" y="{sy(t) + 4:.2f}" text-anchor="end">{t:g}</text>')
+    out.append(f'<text class="axis-label" x="{(left + right) / 2:.2f}" y="{_HISTORY_HEIGHT - 14}" '
+               'text-anchor="middle">finished trials</text>')
+    middle = (top + bottom) / 2
+    out.append(f'<text class="axis-label" x="18" y="{middle:.2f}" text-anchor="middle" '
+               f'transform="rotate(-90 18 {middle:.2f})">hypervolume ({_esc(label)} x robust accuracy)</text>')
+    out.append("</g>")
+    if steps:
+        # a step line: the hypervolume after i trials holds until the next trial finishes
+        d = [f"M{sx(0):.2f},{sy(0.0):.2f}"]
+        for s in steps:
+            d.append(f"H{sx(s.step):.2f} V{sy(s.hypervolume):.2f}")
+        out.append(f'<path class="history-line" d="{" ".join(d)}"/>')
+        improved = [s for s in steps if s.improved]
+        if improved:
+            x = sx(improved[-1].step)
+            out.append(f'<line class="last-improved" x1="{x:.2f}" y1="{top}" x2="{x:.2f}" y2="{bottom}">'
+                       f"<title>last improved at trial {improved[-1].step}</title></line>")
+        out.append('<g class="points">')
+        for point, s in zip(points, steps, strict=True):
+            status = "improved" if s.improved else "flat"
+            title = (f"trial {s.step} of {n}: {point.label}\nhypervolume {s.hypervolume:.4f}"
+                     f"{' (raised it)' if s.improved else ''}")
+            radius = 4.5 if s.improved else 3
+            out.append(f'<circle class="{status}" data-step="{s.step}" data-trial="{_esc(s.trial_id)}" '
+                       f'data-hypervolume="{s.hypervolume!r}" cx="{sx(s.step):.2f}" cy="{sy(s.hypervolume):.2f}" '
+                       f'r="{radius}"><title>{_esc(title)}</title></circle>')
+        out.append("</g>")
+    else:
+        out.append(f'<text x="{(left + right) / 2:.2f}" y="{(top + bottom) / 2:.2f}" text-anchor="middle">'
+                   "no trial to show</text>")
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def plot_hypervolume_html(points: Sequence[TrialPoint], path: str | Path, reference: tuple[float, float] = REFERENCE,
+                          clean_metric: str = "clean_acc") -> Path:
+    """One self-contained HTML page (inline SVG, no script, no external resource) of the hypervolume after each
+    finished trial (``points`` in the order they finished): the step plot with the trials that raised it marked,
+    and a table of every step (step, trial, hypervolume, improved yes/no); the reference point is in the title."""
+    label = clean_label(clean_metric)
+    steps = hypervolume_steps(points, reference)
+    title = _history_title(reference)
+    rows = []
+    for point, s in zip(points, steps, strict=True):
+        cells = "".join(f"<td>{_esc(c)}</td>" for c in (s.step, point.label, f"{s.hypervolume:.4f}",
+                                                          "yes" if s.improved else "no"))
+        rows.append(f'<tr class="{"improved" if s.improved else "flat"}" data-step="{s.step}" '
+                    f'data-trial="{_esc(s.trial_id)}">{cells}</tr>')
+    table = ('<table class="history-table" id="history-table"><caption>hypervolume after each finished trial'
+             "</caption><thead><tr><th>step</th><th>trial</th><th>hypervolume</th><th>improved</th></tr></thead>"
+             "<tbody>\n" + "\n".join(rows) + "\n</tbody></table>")
+    explained = (f"Area dominated by the front of ({label}, robust accuracy) over the reference point "
+                 f"({reference_text(reference)}); diverged trials and trials below the clean-accuracy floor count as "
+                 "finished but never raise it.")
+    page = "\n".join([
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_esc(title)}</title>",
+        f"<style>{_HISTORY_CSS}</style>",
+        "</head>",
+        "<body>",
+        f"<h1>{_esc(title)}</h1>",
+        f'<p class="summary">{_esc(_history_summary(steps))}</p>',
+        f'<p class="summary">{_esc(explained)}</p>',
+        _history_svg(points, steps, label),
+        table,
+        "</body>",
+        "</html>",
+        "",
+    ])
+    return write_text(Path(path), page)
+
+
 def write_artifacts(
-    points: Sequence[TrialPoint], folder: str | Path, title: str | None = None, clean_metric: str = "clean_acc"
+    points: Sequence[TrialPoint], folder: str | Path, title: str | None = None, clean_metric: str = "clean_acc",
+    finish_order: Sequence[str] | None = None,
 ) -> dict[str, Path]:
     """Write ``pareto.csv``, ``pareto.png`` and ``pareto.html`` into ``folder``, the clean objective named after
-    ``clean_metric`` (:data:`CLEAN_METRICS`) in each; ``title`` defaults to one naming it.
+    ``clean_metric`` (:data:`CLEAN_METRICS`) in each; ``title`` defaults to one naming it. Given ``finish_order``
+    (every point's trial id, first finished first), also ``hypervolume_history.csv``, ``.png`` and ``.html``
+    (:func:`hypervolume_history`, reference point :data:`REFERENCE`).
 
-    Returns their paths under the keys ``csv``, ``png`` and ``html``.
+    Returns their paths under the keys ``csv``, ``png`` and ``html`` (and ``hypervolume_csv``, ``hypervolume_png``,
+    ``hypervolume_html``).
     """
     clean_label(clean_metric)  # refused before any file is written
+    ordered = None if finish_order is None else in_finish_order(points, finish_order)  # likewise
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    return {
+    files = {
         "csv": write_front_csv(points, folder / "pareto.csv", clean_metric),
         "png": plot_png(points, folder / "pareto.png", title=title, clean_metric=clean_metric),
         "html": plot_html(points, folder / "pareto.html", title=title, clean_metric=clean_metric),
     }
+    if ordered is not None:
+        files["hypervolume_csv"] = write_hypervolume_csv(ordered, folder / f"{HISTORY_STEM}.csv")
+        files["hypervolume_png"] = plot_hypervolume_png(ordered, folder / f"{HISTORY_STEM}.png",
+                                                        clean_metric=clean_metric)
+        files["hypervolume_html"] = plot_hypervolume_html(ordered, folder / f"{HISTORY_STEM}.html",
+                                                          clean_metric=clean_metric)
+    return files
