@@ -689,6 +689,35 @@ def _status(point: TrialPoint, on_front: bool, peers: Sequence[str]) -> str:
     return "diverged" if point.diverged else "infeasible" if point.infeasible else "dominated"
 
 
+def _html_page(title: str, css: str, body: list[str]) -> str:
+    """A self-contained HTML page: ``title`` as its title and heading, ``css`` inline, then ``body``'s parts."""
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">', f"<title>{_esc(title)}</title>",
+        f"<style>{css}</style>", "</head>", "<body>", f"<h1>{_esc(title)}</h1>", *body, "</body>", "</html>", "",
+    ])
+
+
+def _svg_axes(sx: Any, sy: Any, box: tuple[float, float, float, float], x_ticks: Sequence[float],
+              y_ticks: Sequence[float], *, tick_marks: bool) -> list[str]:
+    """An SVG plot's grid (closed) and axes with their tick labels (the axis group left open for its label):
+    ``sx``/``sy`` map data to pixels inside ``box`` = (left, right, top, bottom)."""
+    left, right, top, bottom = box
+    out = [f'<line x1="{sx(t):.2f}" y1="{top}" x2="{sx(t):.2f}" y2="{bottom}"/>' for t in x_ticks]
+    out += [f'<line x1="{left}" y1="{sy(t):.2f}" x2="{right}" y2="{sy(t):.2f}"/>' for t in y_ticks]
+    out += ["</g>", '<g class="axis">', f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}"/>',
+            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}"/>']
+    for t in x_ticks:
+        if tick_marks:
+            out.append(f'<line x1="{sx(t):.2f}" y1="{bottom}" x2="{sx(t):.2f}" y2="{bottom + 5}"/>')
+        out.append(f'<text x="{sx(t):.2f}" y="{bottom + 18}" text-anchor="middle">{t:g}</text>')
+    for t in y_ticks:
+        if tick_marks:
+            out.append(f'<line x1="{left - 5}" y1="{sy(t):.2f}" x2="{left}" y2="{sy(t):.2f}"/>')
+        out.append(f'<text x="{left - 8}" y="{sy(t) + 4:.2f}" text-anchor="end">{t:g}</text>')
+    return out
+
+
 def _svg(points: Sequence[TrialPoint], flags: Sequence[bool], label: str) -> str:
     noise = within_noise(points)
     shown = [(p, _status(p, keep, peers)) for p, keep, peers in zip(points, flags, noise, strict=True)
@@ -714,18 +743,7 @@ def _svg(points: Sequence[TrialPoint], flags: Sequence[bool], label: str) -> str
         f'role="img" aria-label="{_esc(label)} vs robust accuracy of every trial">',
         '<g class="grid">',
     ]
-    out += [f'<line x1="{sx(t):.2f}" y1="{top}" x2="{sx(t):.2f}" y2="{bottom}"/>' for t in x_ticks]
-    out += [f'<line x1="{left}" y1="{sy(t):.2f}" x2="{right}" y2="{sy(t):.2f}"/>' for t in y_ticks]
-    out.append("</g>")
-    out.append('<g class="axis">')
-    out.append(f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}"/>')
-    out.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}"/>')
-    for t in x_ticks:
-        out.append(f'<line x1="{sx(t):.2f}" y1="{bottom}" x2="{sx(t):.2f}" y2="{bottom + 5}"/>')
-        out.append(f'<text x="{sx(t):.2f}" y="{bottom + 18}" text-anchor="middle">{t:g}</text>')
-    for t in y_ticks:
-        out.append(f'<line x1="{left - 5}" y1="{sy(t):.2f}" x2="{left}" y2="{sy(t):.2f}"/>')
-        out.append(f'<text x="{left - 8}" y="{sy(t) + 4:.2f}" text-anchor="end">{t:g}</text>')
+    out += _svg_axes(sx, sy, (left, right, top, bottom), x_ticks, y_ticks, tick_marks=True)
     out.append(f'<text class="axis-label" x="{(left + right) / 2:.2f}" y="{_HEIGHT - 14}" '
                f'text-anchor="middle">{_esc(label)}</text>')
     out.append(f'<text class="axis-label" x="18" y="{(top + bottom) / 2:.2f}" text-anchor="middle" '
@@ -840,17 +858,7 @@ def plot_html(points: Sequence[TrialPoint], path: str | Path, title: str | None 
         summary += f"; {n_unplotted} without finite objectives not plotted"
     if any(p.intervals for p in points):
         summary += "; bars: 95% Wilson intervals"
-    page = "\n".join([
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_esc(title)}</title>",
-        f"<style>{_CSS}</style>",
-        "</head>",
-        "<body>",
-        f"<h1>{_esc(title)}</h1>",
+    page = _html_page(title, _CSS, [
         f'<p class="summary">{_esc(summary)}</p>',
         '<label class="toggle"><input type="checkbox" id="show-dominated" checked> show dominated and '
         "diverged trials</label>",
@@ -859,9 +867,6 @@ def plot_html(points: Sequence[TrialPoint], path: str | Path, title: str | None 
         _front_html_table(points, label),
         # the label is one of CLEAN_METRICS' fixed strings (no quote, no markup): safe inside the script's string
         f"<script>{_JS.replace('__CLEAN_LABEL__', label)}</script>",
-        "</body>",
-        "</html>",
-        "",
     ])
     write_text(path, page)
     return path
@@ -998,16 +1003,7 @@ def _history_svg(points: Sequence[TrialPoint], steps: Sequence[HypervolumeStep],
         'aria-label="hypervolume of the front after each finished trial">',
         '<g class="grid">',
     ]
-    out += [f'<line x1="{sx(t):.2f}" y1="{top}" x2="{sx(t):.2f}" y2="{bottom}"/>' for t in x_ticks]
-    out += [f'<line x1="{left}" y1="{sy(t):.2f}" x2="{right}" y2="{sy(t):.2f}"/>' for t in y_ticks]
-    out.append("</g>")
-    out.append('<g class="axis">')
-    out.append(f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}"/>')
-    out.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}"/>')
-    for t in x_ticks:
-        out.append(f'<text x="{sx(t):.2f}" y="{bottom + 18}" text-anchor="middle">{t}</text>')
-    for t in y_ticks:
-        out.append(f'<text x="{left - 8}" y="{sy(t) + 4:.2f}" text-anchor="end">{t:g}</text>')
+    out += _svg_axes(sx, sy, (left, right, top, bottom), x_ticks, y_ticks, tick_marks=False)
     out.append(f'<text class="axis-label" x="{(left + right) / 2:.2f}" y="{_HISTORY_HEIGHT - 14}" '
                'text-anchor="middle">finished trials</text>')
     middle = (top + bottom) / 2
@@ -1062,24 +1058,11 @@ def plot_hypervolume_html(points: Sequence[TrialPoint], path: str | Path, refere
     explained = (f"Area dominated by the front of ({label}, robust accuracy) over the reference point "
                  f"({reference_text(reference)}); diverged trials and trials below the clean-accuracy floor count as "
                  "finished but never raise it.")
-    page = "\n".join([
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_esc(title)}</title>",
-        f"<style>{_HISTORY_CSS}</style>",
-        "</head>",
-        "<body>",
-        f"<h1>{_esc(title)}</h1>",
+    page = _html_page(title, _HISTORY_CSS, [
         f'<p class="summary">{_esc(_history_summary(steps))}</p>',
         f'<p class="summary">{_esc(explained)}</p>',
         _history_svg(points, steps, label),
         table,
-        "</body>",
-        "</html>",
-        "",
     ])
     return write_text(Path(path), page)
 
