@@ -118,3 +118,27 @@ def test_a_stopped_trial_is_finished_on_disk_off_the_front_and_agreement_is_meas
     assert agreement.stopped == ("dead",) and agreement.n == 3 and agreement.rho == pytest.approx(1.0)
     assert agreement.summary() == ("early stopping: 1 trial(s) stopped at a rung (dead); the probe's ranking vs the "
                                    "full robust evaluation's: Spearman +1.00 over 3 trial(s) evaluated both ways")
+
+
+def test_the_probe_leaves_the_training_random_state_as_it_was():
+    import random
+
+    import numpy as np
+    import torch
+
+    from distat.search.probe import random_state_kept
+
+    torch.manual_seed(5)
+    np.random.seed(5)
+    random.seed(5)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(5)
+    np.random.seed(5)
+    random.seed(5)
+    with random_state_kept():  # what an attack does to the global generators
+        torch.manual_seed(0)
+        np.random.seed(0)
+        random.seed(0)
+        torch.rand(10)
+    after = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(after[0], expected[0]) and np.array_equal(after[1], expected[1]) and after[2] == expected[2]

@@ -10,7 +10,9 @@ the scheduler (:mod:`distat.search.early_stop`) ranks. Its records and spec are 
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,18 +41,41 @@ def probe_settings(scfg: SearchConfig) -> AttackSettings:
     })
 
 
+@contextlib.contextmanager
+def random_state_kept() -> Iterator[None]:
+    """Python's, NumPy's and torch's (CPU and every CUDA device's) random states as they were before the block.
+    The probe's attack seeds the global generators for each example; without this, probing a trial would
+    change the dropout masks of its next epochs, and so the models early stopping lets through."""
+    import random
+
+    import numpy as np
+    import torch
+
+    saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.set_rng_state(saved[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
 def run_probe(scfg: SearchConfig, refs: ResourceRefs, checkpoint: Path, trial_dir: Path, epoch: int, *,
               device: Any = None, work_cache: Path | None = None) -> dict[str, float | str]:
     """The probe of the model in ``checkpoint`` (after ``epoch``): ``probe_robust_acc`` with its interval,
-    count and threat-model spec hash."""
+    count and threat-model spec hash. The training's random state is left as it was."""
     from distat.attacks.spec import HASH_KEY
     from distat.search.evaluation import evaluate_checkpoint
 
     es = scfg.search.early_stop
     assert es is not None
     out = trial_dir / PROBE_DIR / f"epoch_{epoch:03d}"
-    metrics = evaluate_checkpoint(probe_settings(scfg), refs, checkpoint, out, split=scfg.attack.split,
-                                  n=es.probe_n, seed=es.probe_seed, device=device, work_cache=work_cache)
+    with random_state_kept():
+        metrics = evaluate_checkpoint(probe_settings(scfg), refs, checkpoint, out, split=scfg.attack.split,
+                                      n=es.probe_n, seed=es.probe_seed, device=device, work_cache=work_cache)
     probe = {PROBE_METRIC: float(metrics["robust_acc"]), f"{PROBE_METRIC}_lo": float(metrics["robust_acc_lo"]),
              f"{PROBE_METRIC}_hi": float(metrics["robust_acc_hi"]), f"{PROBE_METRIC}_n": float(metrics["robust_acc_n"]),
              f"probe_{HASH_KEY}": str(metrics[HASH_KEY])}
