@@ -1,7 +1,8 @@
 """Multi-objective early stopping: the same search with and without ``search.early_stop``, on the same seeds.
 
 The packaged MiniLM on shared SST-2 rows, a space where some settings cannot learn in the budget (a learning
-rate of 1e-6) or train with a large adversarial step, 8 trials, 2 at a time, 3 epochs each; robust accuracy
+rate of 1e-6) or train with a large adversarial step, 8 trials, 2 at a time, 3 epochs each, the demo's clean
+floor (0.65); robust accuracy
 from TextFooler (K = 10) on a fixed dev subset, attacked in each trial's Train worker. With early stopping the
 trials are probed after epoch 1 (a smaller seeded subset, a query budget) and the bottom half of each rung is
 stopped (asynchronous successive halving over non-dominated sorting). Both searches sample the same
@@ -28,6 +29,9 @@ from pathlib import Path
 
 from common import report, run_search, shared_data
 
+# a model collapsed to one class (0.51 of these dev rows) looks "robust": as in the demo, it is kept off the front.
+# With every trial a fixed point, the floor changes no trial and no stopping decision, only which points count.
+FLOOR = 0.65
 POINTS = [  # (method, adv_lr, lr): two that cannot learn in three epochs, the rest ordinary
     ("standard", None, 2e-4), ("pgd", 0.03, 2e-4), ("freelb", 0.1, 2e-4), ("pgd", 0.03, 1e-6),
     ("freelb", 0.03, 2e-4), ("standard", None, 1e-6), ("pgd", 0.1, 1e-4), ("freelb", 0.06, 1e-4),
@@ -47,7 +51,7 @@ def config(name: str, train_rows: int, n: int, early_stop: bool) -> object:
                   "train": {"epochs": 3, "batch_size": 16, "lr": 2e-4}},
         "attack": {"recipe": "textfooler", "n": n, "actors": 0,
                    "options": {"max_candidates": 10, "max_modify_rate": 0.3}},
-        "search": {"num_samples": len(POINTS), "max_concurrent": 2,
+        "search": {"num_samples": len(POINTS), "max_concurrent": 2, "clean_acc_floor": FLOOR,
                    **({"early_stop": {"rungs": [1], "probe_n": 24, "probe_query_budget": 150}} if early_stop else {})},
         "resources": {"num_workers": 1, "cpus_per_worker": 1},
         "params": {"method": {"choice": ["standard", "pgd", "freelb"]},
@@ -58,6 +62,13 @@ def config(name: str, train_rows: int, n: int, early_stop: bool) -> object:
 
 def points() -> list[dict]:
     return [{"method": m, "lr": lr, **({"adv_lr": a} if a is not None else {})} for m, a, lr in POINTS]
+
+
+def floored(search_dir: Path) -> list:
+    """The search's trials with the clean-accuracy floor applied (below it: off the front)."""
+    from distat.search.driver import trial_points
+
+    return trial_points(search_dir, FLOOR)
 
 
 def main() -> int:
@@ -77,6 +88,7 @@ def main() -> int:
     es_s, stopped_points = run_search(config("stopping", args.train_rows, args.n, True), work / "stopping", cache,
                                       points())
     agreement = proxy_agreement(work / "stopping" / "searches" / "stopping")
+    plain, stopped_points = (floored(work / name / "searches" / name) for name in ("plain", "stopping"))
     hv_plain, hv_es = hypervolume(plain), hypervolume(stopped_points)
     stopped = sum(1 for p in stopped_points if "early_stopped_epoch" in p.extra)
     print(f"work folder: {work}", file=sys.stderr)

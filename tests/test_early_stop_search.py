@@ -16,6 +16,7 @@ from helpers import search_yaml
 # epoch (clean and probe robust accuracy 1/3), while left untrained (lr 1e-9) it predicts the majority class
 # (2/3 on both): the trained trial is dominated. It runs third, so two trials are at the rung when it arrives.
 LR_COLLAPSE, LR_NONE = 0.003, 1e-9
+EPOCHS = 30  # many short epochs: a stopped trial that trained on would reach the last one
 
 
 def test_early_stopping_stops_the_dominated_trial_at_the_first_rung(tmp_path, tiny_model_dir, attack_paths, capsys):
@@ -23,7 +24,7 @@ def test_early_stopping_stops_the_dominated_trial_at_the_first_rung(tmp_path, ti
     from distat.search.space import load_search_config
 
     spec = search_yaml(tmp_path, tiny_model_dir, "es4", updates={
-        "trial": {"train": {"epochs": 2}},
+        "trial": {"train": {"epochs": EPOCHS}},
         "search": {"early_stop": {"rungs": [1], "probe_n": 3, "probe_query_budget": 100},
                    "points": [{"lr": LR_NONE}, {"lr": LR_NONE}, {"lr": LR_COLLAPSE}, {"lr": LR_NONE}]},
     }, params={"lr": {"choice": [LR_NONE, LR_COLLAPSE]}})
@@ -45,8 +46,10 @@ def test_early_stopping_stops_the_dominated_trial_at_the_first_rung(tmp_path, ti
     # the stopped trial ended at its rung: its final result is the rung's, with no full robust evaluation
     assert finals[dead]["metrics"]["early_stopped_epoch"] == 1.0 and "robust_acc" not in finals[dead]["metrics"]
     assert finals[dead]["metrics"]["probe_robust_acc"] == probes[dead]["probe_robust_acc"]
-    # stopped before its full evaluation: its model was never attacked beyond the probe (on this toy, an epoch
-    # takes less time than Tune takes to act on the decision, so its second epoch may have run)
+    # stopped for real: its Train workers ended with it, long before its 30 epochs (a toy epoch takes a fraction
+    # of a second), and its model was never attacked beyond the probe
+    assert not (search_dir / "trials" / dead / "train_result.json").exists()
+    assert _newest_epoch(search_dir / "trials" / dead) < EPOCHS
     assert not (search_dir / "trials" / dead / "attack.csv").exists()
     assert all("robust_acc" in f["metrics"] for t, f in finals.items() if t != dead)
     # the scheduler's rule, replayed on the rung values in the order the trials reached the rung, agrees
@@ -74,3 +77,7 @@ def _rung_clean(search_dir, trial_id):
     """A finished trial's clean accuracy after the rung epoch (its training history)."""
     result = json.loads((search_dir / "trials" / trial_id / "train_result.json").read_text())
     return next(h["clean_acc"] for h in result["history"] if int(h["epoch"]) == 1)
+
+
+def _newest_epoch(trial_dir):
+    return max((int(p.name.removeprefix("epoch_")) for p in (trial_dir / "checkpoints").glob("epoch_*")), default=0)

@@ -196,11 +196,15 @@ def _fit_new(state: SearchState, callbacks: Sequence[Any] = (),
     tuner = tune.Tuner(
         trainable(state),
         # reuse_actors: the next trial runs in the finished trial's trainable process (~2.5 s per trial less:
-        # a fresh process imports Ray Tune/Train first); it holds no CPU, only the trial's bookkeeping
+        # a fresh process imports Ray Tune/Train first); it holds no CPU, only the trial's bookkeeping. Not with
+        # early stopping: Tune stops a function trainable by asking its thread, which sits in the trial's Ray
+        # Train fit and never asks back, so the stopped trial trained on and its actor never came free for the
+        # next trial; a trainable process that is not reused is ended, and its Train workers with it.
         tune_config=tune.TuneConfig(search_alg=_searcher(scfg, points_to_evaluate or list(scfg.search.points),
                                                          warm.used if warm is not None else ()),
                                     num_samples=scfg.search.num_samples, scheduler=scheduler,
-                                    max_concurrent_trials=scfg.search.max_concurrent, reuse_actors=True),
+                                    max_concurrent_trials=scfg.search.max_concurrent,
+                                    reuse_actors=scheduler is None),
         run_config=_run_config(state, callbacks, first=stopping),
     )
     return tuner.fit()
