@@ -319,6 +319,9 @@ CASES = [
     Case("search-misspelt-flag", lambda ctx: Expect(["search", ctx.search_yaml(), "--storrage", ctx.storage],
                                                     absent=[ctx.storage]),
          "unrecognized arguments: --storrage"),
+    Case("search-warm-start-not-a-search", lambda ctx: Expect(
+        ["search", ctx.search_yaml(), "--storage", ctx.storage, "--cache-dir", fake_attack_cache(ctx.inp / "cache"),
+         "--warm-start", ctx.inp], absent=[ctx.storage]), "not a distat search directory"),
     Case("extend-not-a-search", lambda ctx: Expect(["extend", ctx.inp, "--trials", "2"], unchanged=[ctx.inp]),
          "not a distat search directory"),
     Case("extend-zero-trials", _extend_with("--trials", "0"), "--trials: must be a whole number of at least 1, got '0'"),

@@ -46,11 +46,17 @@ def test_early_stopping_stops_the_dominated_trial_at_the_first_rung(tmp_path, ti
     # the stopped trial ended at its rung: its final result is the rung's, with no full robust evaluation
     assert finals[dead]["metrics"]["early_stopped_epoch"] == 1.0 and "robust_acc" not in finals[dead]["metrics"]
     assert finals[dead]["metrics"]["probe_robust_acc"] == probes[dead]["probe_robust_acc"]
-    # stopped for real: its Train workers ended with it, long before its 30 epochs (a toy epoch takes a fraction
-    # of a second), and its model was never attacked beyond the probe
-    assert not (search_dir / "trials" / dead / "train_result.json").exists()
-    assert _newest_epoch(search_dir / "trials" / dead) < EPOCHS
+    # stopped for real, at the rung: its Train workers waited there for the decision and ended their loop (no
+    # epoch after the rung, of its 30), and its model was never attacked beyond the probe
+    assert _newest_epoch(search_dir / "trials" / dead) == 1
+    decision = json.loads((search_dir / "trials" / dead / "probe" / "epoch_001" / "decision.json").read_text())
+    assert decision["stop"] is True and "position 3 of 3" in decision["reason"]
     assert not (search_dir / "trials" / dead / "attack.csv").exists()
+    # the trials it let through were told so at the rung, and trained to the end
+    for t in finals:
+        if t != dead:
+            told = json.loads((search_dir / "trials" / t / "probe" / "epoch_001" / "decision.json").read_text())
+            assert told["stop"] is False and _newest_epoch(search_dir / "trials" / t) == EPOCHS
     assert all("robust_acc" in f["metrics"] for t, f in finals.items() if t != dead)
     # the scheduler's rule, replayed on the rung values in the order the trials reached the rung, agrees
     scfg = load_search_config(spec)

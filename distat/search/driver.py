@@ -98,9 +98,10 @@ def _early_stopping(state: SearchState) -> tuple[Any, list[Any]]:
     if es is None:
         return None, []
     from distat.search.early_stop import MOSuccessiveHalving, RungBookKeeper, StoppedTrialRecorder
-    from distat.search.probe import PROBE_METRIC
+    from distat.search.probe import PROBE_METRIC, DecisionWriter
 
-    scheduler = MOSuccessiveHalving(es, (state.search.search.clean_metric, PROBE_METRIC))
+    scheduler = MOSuccessiveHalving(es, (state.search.search.clean_metric, PROBE_METRIC),
+                                    on_decision=DecisionWriter(state.dir))
     return scheduler, [RungBookKeeper(scheduler), StoppedTrialRecorder(state, scheduler)]
 
 
@@ -196,15 +197,15 @@ def _fit_new(state: SearchState, callbacks: Sequence[Any] = (),
     tuner = tune.Tuner(
         trainable(state),
         # reuse_actors: the next trial runs in the finished trial's trainable process (~2.5 s per trial less:
-        # a fresh process imports Ray Tune/Train first); it holds no CPU, only the trial's bookkeeping. Not with
-        # early stopping: Tune stops a function trainable by asking its thread, which sits in the trial's Ray
-        # Train fit and never asks back, so the stopped trial trained on and its actor never came free for the
-        # next trial; a trainable process that is not reused is ended, and its Train workers with it.
+        # a fresh process imports Ray Tune/Train first); it holds no CPU, only the trial's bookkeeping. A trial
+        # early stopping stops ends by itself: its Train workers wait at the rung for the scheduler's decision
+        # (probe.wait_for_decision) and end their loop; an actor Tune killed instead would leave its Ray Train
+        # placement group behind, holding the CPUs the next trials wait for.
         tune_config=tune.TuneConfig(search_alg=_searcher(scfg, points_to_evaluate or list(scfg.search.points),
                                                          warm.used if warm is not None else ()),
                                     num_samples=scfg.search.num_samples, scheduler=scheduler,
                                     max_concurrent_trials=scfg.search.max_concurrent,
-                                    reuse_actors=scheduler is None),
+                                    reuse_actors=True),
         run_config=_run_config(state, callbacks, first=stopping),
     )
     return tuner.fit()

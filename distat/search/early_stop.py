@@ -297,8 +297,11 @@ class MOSuccessiveHalving(FIFOScheduler):
 
     _supports_buffered_results = False
 
-    def __init__(self, settings: EarlyStopSettings, metrics: tuple[str, str], *, epoch_key: str = "epoch") -> None:
+    def __init__(self, settings: EarlyStopSettings, metrics: tuple[str, str], *, epoch_key: str = "epoch",
+                 on_decision: Any = None) -> None:
         super().__init__()
+        # on_decision(trial_id, epoch, stop, reason): told every rung decision (the trial's workers wait on it)
+        self.on_decision = on_decision
         metrics = tuple(metrics)
         if len(metrics) != 2 or metrics[0] == metrics[1]:
             raise ValueError(f"early stopping compares two different metrics, got {list(metrics)}")
@@ -328,6 +331,12 @@ class MOSuccessiveHalving(FIFOScheduler):
         if found is None:
             return TrialScheduler.CONTINUE
         decision = self.book.record(str(trial.trial_id), *found)
+        tell = getattr(self, "on_decision", None)
+        if tell is not None:
+            try:
+                tell(str(trial.trial_id), decision.epoch, decision.stop, decision.reason)
+            except OSError as e:  # the workers then wait out their timeout; Tune's own stop still applies
+                log.warning("early stop: the decision on trial %s was not written (%s)", trial.trial_id, e)
         if decision.stop:
             log.info("early stop: trial %s stopped at rung %d, %s", trial.trial_id, decision.epoch, decision.reason)
             return TrialScheduler.STOP

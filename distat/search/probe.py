@@ -24,6 +24,7 @@ from distat.search.state import ResourceRefs
 PROBE_METRIC = "probe_robust_acc"
 PROBE_DIR = "probe"
 PROBE_FILE = "probe.json"
+DECISION_FILE = "decision.json"
 
 
 def probe_settings(scfg: SearchConfig) -> AttackSettings:
@@ -127,3 +128,50 @@ def proxy_agreement(search_dir: Path) -> ProxyAgreement:
             proxy[trial_id], full[trial_id] = probed[1], float(robust)
     rho, n = rank_agreement(proxy, full)
     return ProxyAgreement(rho=rho, n=n, stopped=tuple(stopped))
+
+
+def _rung_dir(trial_dir: Path, epoch: int) -> Path:
+    return trial_dir / PROBE_DIR / f"epoch_{epoch:03d}"
+
+
+def write_decision(trial_dir: Path, epoch: int, stop: bool, reason: str) -> None:
+    """The scheduler's decision on a trial at a rung, for its Train workers waiting on it (:func:`wait_for_decision`)."""
+    write_json(_rung_dir(trial_dir, epoch) / DECISION_FILE, {"epoch": epoch, "stop": stop, "reason": reason})
+
+
+def wait_for_decision(trial_dir: Path, epoch: int, timeout_s: float) -> bool | None:
+    """Whether the trial is stopped at rung ``epoch``: the scheduler's decision, waited for up to ``timeout_s``
+    (None when none came: the trial goes on, and Tune's own stop still applies)."""
+    import json
+    import time
+
+    path = _rung_dir(trial_dir, epoch) / DECISION_FILE
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.is_file():
+            return bool(json.loads(path.read_text(encoding="utf-8"))["stop"])
+        time.sleep(0.1)
+    return None
+
+
+def stopped_at(trial_dir: Path) -> int | None:
+    """The rung a trial was stopped at (its decision files), or None."""
+    import json
+
+    for path in sorted((trial_dir / PROBE_DIR).glob(f"epoch_*/{DECISION_FILE}")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("stop"):
+            return int(data["epoch"])
+    return None
+
+
+class DecisionWriter:
+    """Writes each rung decision of the scheduler into the trial's folder (picklable: Tune pickles the scheduler)."""
+
+    def __init__(self, search_dir: Path) -> None:
+        self.search_dir = str(search_dir)
+
+    def __call__(self, trial_id: str, epoch: int, stop: bool, reason: str) -> None:
+        from distat.search.state import TRIALS_DIR
+
+        write_decision(Path(self.search_dir) / TRIALS_DIR / trial_id, epoch, stop, reason)

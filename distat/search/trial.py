@@ -87,6 +87,11 @@ def run_trial(config: dict[str, Any], state: SearchState) -> None:
     train_env_defaults()
     trainer.fit()
     fit_ended = time.time()
+    if scfg.search.early_stop is not None:
+        from distat.search.probe import stopped_at
+
+        if stopped_at(out) is not None:  # stopped at a rung: its rung result is its final one (early_stop.py)
+            return
     summary = TrainResult.load(out)
     train_metrics = {k: v for k, v in summary.metrics.items() if isinstance(v, (int, float))}
     # the final report repeats only what the per-epoch reports lack (plus the clean objective itself)

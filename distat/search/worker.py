@@ -28,6 +28,8 @@ from distat.search.state import (
 
 log = logging.getLogger(__name__)
 
+_DECISION_WAIT_S = 120.0  # how long a trial waits at a rung for the scheduler's decision (about a second, as a rule)
+
 
 def train_worker(config: dict[str, Any]) -> None:
     import ray.train
@@ -41,20 +43,22 @@ def train_worker(config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     workers = _announce(out, rank, resume)
 
-    probe = job.probe if rank == 0 else None
-    rungs = set(probe.search.early_stop.rungs) if probe is not None and probe.search.early_stop else set()
+    es = job.probe.search.early_stop if job.probe is not None else None
+    rungs = set(es.rungs) if es is not None else set()
 
-    def on_epoch_end(metrics: dict[str, float], ckpt: Path | None) -> None:
+    def on_epoch_end(metrics: dict[str, float], ckpt: Path | None) -> bool:
+        epoch = int(metrics.get("epoch", 0))
         report = {**metrics, "checkpoint_dir": str(ckpt or "")}
-        if probe is not None and ckpt is not None and int(metrics.get("epoch", 0)) in rungs \
-                and not metrics.get("diverged"):
+        probed = rank == 0 and epoch in rungs and ckpt is not None and not metrics.get("diverged")
+        if probed:
             from distat.search.probe import run_probe
 
             t_probe = time.perf_counter()  # the other ranks wait in report() meanwhile
-            report.update(run_probe(probe, job.resources, ckpt, out, int(metrics["epoch"]), device=device,
+            report.update(run_probe(job.probe, job.resources, ckpt, out, epoch, device=device,
                                     work_cache=_work_cache(out)))
             report["time_probe_s"] = time.perf_counter() - t_probe
         ray.train.report(report)
+        return epoch in rungs and _stopped_at_rung(out, epoch, probed)
 
     augment_fn, per_epoch = None, 0
     if cfg.augment is not None and cfg.augment.iterative_n > 0:
@@ -63,7 +67,7 @@ def train_worker(config: dict[str, Any]) -> None:
         augment_fn, per_epoch = iterative_augmenter(cfg, job.resources.paths(), out), cfg.augment.iterative_n
     attack_here = job.attack_in_worker is not None and rank == 0
     device = ray.train.torch.get_device()
-    if attack_here or probe is not None:
+    if attack_here or (es is not None and rank == 0):
         _preload_textattack(job.resources)
     t0 = time.perf_counter()
     result = run_trial(cfg, out, resume_from=resume, on_epoch_end=on_epoch_end,
@@ -83,6 +87,29 @@ def train_worker(config: dict[str, Any]) -> None:
         summary["attack_s"] = time.perf_counter() - t1
         summary["attack_where"] = {"pid": os.getpid(), "node_id": workers[0].node_id}
     TrainResult.model_validate(summary).save(out)
+
+
+def _stopped_at_rung(out: Path, epoch: int, probed: bool) -> bool:
+    """Whether early stopping stopped the trial at rung ``epoch``: rank 0 waits for the scheduler's decision on
+    the result it just reported (when it probed: else there is none), and every rank gets its answer, so all
+    of them end their loop together or go on together."""
+    import torch
+    import torch.distributed as dist
+
+    stop = False
+    if probed:
+        from distat.search.probe import wait_for_decision
+
+        stop = bool(wait_for_decision(out, epoch, _DECISION_WAIT_S))
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        flag = torch.tensor([1.0 if stop else 0.0])
+        if dist.get_backend() == "nccl":
+            flag = flag.cuda()
+        dist.broadcast(flag, src=0)
+        stop = bool(flag.item())
+    if stop:
+        log.info("early stopping stopped this trial at epoch %d", epoch)
+    return stop
 
 
 def _work_cache(out: Path) -> Path | None:
