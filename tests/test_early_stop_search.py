@@ -50,7 +50,7 @@ def test_early_stopping_stops_the_dominated_trial_at_the_first_rung(tmp_path, ti
     # epoch after the rung, of its 30), and its model was never attacked beyond the probe
     assert _newest_epoch(search_dir / "trials" / dead) == 1
     decision = json.loads((search_dir / "trials" / dead / "probe" / "epoch_001" / "decision.json").read_text())
-    assert decision["stop"] is True and "position 3 of 3" in decision["reason"]
+    assert decision["stop"] is True and ": in the bottom" in decision["reason"]
     assert not (search_dir / "trials" / dead / "attack.csv").exists()
     # the trials it let through were told so at the rung, and trained to the end
     for t in finals:

@@ -92,17 +92,18 @@ class TrialConfigOf:
 
 
 def _early_stopping(state: SearchState) -> tuple[Any, list[Any]]:
-    """The scheduler of ``search.early_stop`` (None without it) and the callbacks that go with it: one keeps its
-    book in Tune's snapshot, one writes the final result of each trial it stops."""
+    """The scheduler of ``search.early_stop`` (None without it) and the callback keeping its book in Tune's
+    snapshot. The scheduler tells a trial its rung decision through the trial's folder; a stopped trial ends
+    itself and reports its rung result as its final one (:mod:`distat.search.trial`)."""
     es = state.search.search.early_stop
     if es is None:
         return None, []
-    from distat.search.early_stop import MOSuccessiveHalving, RungBookKeeper, StoppedTrialRecorder
+    from distat.search.early_stop import MOSuccessiveHalving, RungBookKeeper
     from distat.search.probe import PROBE_METRIC, DecisionWriter
 
     scheduler = MOSuccessiveHalving(es, (state.search.search.clean_metric, PROBE_METRIC),
                                     on_decision=DecisionWriter(state.dir))
-    return scheduler, [RungBookKeeper(scheduler), StoppedTrialRecorder(state, scheduler)]
+    return scheduler, [RungBookKeeper(scheduler)]
 
 
 class HypervolumeHistoryOf:

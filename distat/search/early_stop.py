@@ -44,7 +44,7 @@ __all__ = [
     "MOSuccessiveHalving",
     "RungBook",
     "RungBookKeeper",
-    "StoppedTrialRecorder",
+    "record_stopped",
     "crowding_distances",
     "dominates",
     "nondominated_ranks",
@@ -335,11 +335,14 @@ class MOSuccessiveHalving(FIFOScheduler):
         if tell is not None:
             try:
                 tell(str(trial.trial_id), decision.epoch, decision.stop, decision.reason)
-            except OSError as e:  # the workers then wait out their timeout; Tune's own stop still applies
+            except OSError as e:  # the workers then wait out their timeout and go on
                 log.warning("early stop: the decision on trial %s was not written (%s)", trial.trial_id, e)
         if decision.stop:
             log.info("early stop: trial %s stopped at rung %d, %s", trial.trial_id, decision.epoch, decision.reason)
-            return TrialScheduler.STOP
+            # told through on_decision, the trial stops itself and reports its rung result as its final one: Tune
+            # stopping a function trainable that sits in a Ray Train fit leaves its actor (reused) or its Train
+            # placement group (killed) behind
+            return TrialScheduler.CONTINUE if tell is not None else TrialScheduler.STOP
         log.debug("early stop: trial %s continues after epoch %d, %s", trial.trial_id, decision.epoch,
                   decision.reason)
         return TrialScheduler.CONTINUE
@@ -386,25 +389,11 @@ class RungBookKeeper(Callback):
         self.scheduler.book = RungBook.from_dict(state["rung_book"])
 
 
-class StoppedTrialRecorder(Callback):
-    """A Tune callback writing the final result (``final.json``) of every trial ``scheduler`` stopped at a rung:
-    its rung result (clean scores and the probe's robust accuracy, ``early_stopped_epoch``), without a
-    ``robust_acc`` (the full evaluation never ran: the trial is listed apart from the front, never on it). The
-    trial folder then counts as finished: ``distat resume`` does not run it again."""
-
-    def __init__(self, state: Any, scheduler: MOSuccessiveHalving) -> None:
-        self.state = state
-        self.scheduler = scheduler
-
-    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        stopped = self.scheduler.book.stopped.get(str(trial.trial_id))
-        if stopped is not None:
-            record_stopped(self.state, str(trial.trial_id), dict(trial.config), dict(trial.last_result or {}),
-                           stopped[0])
-
-
-def record_stopped(state: Any, trial_id: str, config: dict[str, Any], last: dict[str, Any], rung: int) -> None:
-    """Write the final result of trial ``trial_id`` stopped at epoch ``rung`` (``last``: its rung result)."""
+def record_stopped(state: Any, trial_id: str, config: dict[str, Any], last: dict[str, Any],
+                   rung: int) -> dict[str, Any]:
+    """Write the final result of trial ``trial_id`` (Tune config ``config``) stopped at epoch ``rung``
+    (``last``: its rung result) and return its metrics: the rung's clean scores and probe, ``early_stopped_epoch``,
+    no ``robust_acc`` (the full evaluation never ran: the trial is listed apart from the front, never on it)."""
     import time
 
     from distat.search.space import sampled_params
@@ -412,7 +401,7 @@ def record_stopped(state: Any, trial_id: str, config: dict[str, Any], last: dict
 
     out = state.trial_dir(trial_id)
     if is_finished(out):
-        return
+        return TrialResult.load(out).metrics
     numbers = {k: float(v) for k, v in last.items()
                if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))}
     keep = ("clean_acc", "macro_f1", "balanced_acc", "majority_rate", "epoch", "diverged")
@@ -425,3 +414,4 @@ def record_stopped(state: Any, trial_id: str, config: dict[str, Any], last: dict
                 train={k: v for k, v in numbers.items() if not k.startswith(("time_", "probe_"))},
                 train_wall=(started, now), placement={"stopped_at_rung": rung}, finished_at=now).save(out)
     log.info("early stop: trial %s stopped after epoch %d; its rung result is its final result", trial_id, rung)
+    return metrics

@@ -90,7 +90,9 @@ def run_trial(config: dict[str, Any], state: SearchState) -> None:
     if scfg.search.early_stop is not None:
         from distat.search.probe import stopped_at
 
-        if stopped_at(out) is not None:  # stopped at a rung: its rung result is its final one (early_stop.py)
+        rung = stopped_at(out)
+        if rung is not None:  # stopped at a rung: its rung result is its final one (early_stop.py)
+            tune.report(_stopped_result(state, trial_id, config, out, rung))
             return
     summary = TrainResult.load(out)
     train_metrics = {k: v for k, v in summary.metrics.items() if isinstance(v, (int, float))}
@@ -129,3 +131,18 @@ def run_trial(config: dict[str, Any], state: SearchState) -> None:
     TrialResult(trial_id=trial_id, params=params, metrics=final, train=train_metrics, ada_pool=ada.get("ada_pool"),
                 train_wall=(fit_started, fit_ended), placement=placement, finished_at=time.time()).save(out)
     tune.report(final)
+
+
+def _stopped_result(state: SearchState, trial_id: str, config: dict[str, Any], out: Path, rung: int) -> dict[str, Any]:
+    """The final result of a trial early stopping stopped at epoch ``rung``: the rung's clean scores (its training
+    history) and probe, written as its ``final.json``."""
+    import json
+
+    from distat.search.early_stop import record_stopped
+    from distat.search.probe import PROBE_DIR, PROBE_FILE
+
+    history = TrainResult.load(out).history
+    last = dict(next((h for h in history if int(h.get("epoch", 0)) == rung), history[-1]))
+    probe = json.loads((out / PROBE_DIR / f"epoch_{rung:03d}" / PROBE_FILE).read_text(encoding="utf-8"))
+    last.update({k: v for k, v in probe.items() if k != "epoch"})
+    return {**record_stopped(state, trial_id, config, last, rung), "phase": "stopped"}
