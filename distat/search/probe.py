@@ -73,7 +73,7 @@ def run_probe(scfg: SearchConfig, refs: ResourceRefs, checkpoint: Path, trial_di
 
     es = scfg.search.early_stop
     assert es is not None
-    out = trial_dir / PROBE_DIR / f"epoch_{epoch:03d}"
+    out = _rung_dir(trial_dir, epoch)
     with random_state_kept():
         metrics = evaluate_checkpoint(probe_settings(scfg), refs, checkpoint, out, split=scfg.attack.split,
                                       n=es.probe_n, seed=es.probe_seed, device=device, work_cache=work_cache)
@@ -93,6 +93,14 @@ def last_probe(trial_dir: Path) -> tuple[int, float] | None:
         return None
     data = json.loads(found[-1].read_text(encoding="utf-8"))
     return int(data["epoch"]), float(data[PROBE_METRIC])
+
+
+def read_probe(trial_dir: Path, epoch: int) -> dict[str, Any]:
+    """What :func:`run_probe` returned for ``epoch`` (from its ``probe.json``)."""
+    import json
+
+    data = json.loads((_rung_dir(trial_dir, epoch) / PROBE_FILE).read_text(encoding="utf-8"))
+    return {k: v for k, v in data.items() if k != "epoch"}
 
 
 @dataclass(frozen=True)
@@ -141,7 +149,7 @@ def write_decision(trial_dir: Path, epoch: int, stop: bool, reason: str) -> None
 
 def wait_for_decision(trial_dir: Path, epoch: int, timeout_s: float) -> bool | None:
     """Whether the trial is stopped at rung ``epoch``: the scheduler's decision, waited for up to ``timeout_s``
-    (None when none came: the trial goes on, and Tune's own stop still applies)."""
+    (None when none came: the trial goes on)."""
     import json
     import time
 

@@ -136,13 +136,9 @@ def run_trial(config: dict[str, Any], state: SearchState) -> None:
 def _stopped_result(state: SearchState, trial_id: str, config: dict[str, Any], out: Path, rung: int) -> dict[str, Any]:
     """The final result of a trial early stopping stopped at epoch ``rung``: the rung's clean scores (its training
     history) and probe, written as its ``final.json``."""
-    import json
-
     from distat.search.early_stop import record_stopped
-    from distat.search.probe import PROBE_DIR, PROBE_FILE
+    from distat.search.probe import read_probe
 
     history = TrainResult.load(out).history
-    last = dict(next((h for h in history if int(h.get("epoch", 0)) == rung), history[-1]))
-    probe = json.loads((out / PROBE_DIR / f"epoch_{rung:03d}" / PROBE_FILE).read_text(encoding="utf-8"))
-    last.update({k: v for k, v in probe.items() if k != "epoch"})
+    last = {**next((h for h in history if int(h.get("epoch", 0)) == rung), history[-1]), **read_probe(out, rung)}
     return {**record_stopped(state, trial_id, config, last, rung), "phase": "stopped"}
