@@ -135,9 +135,7 @@ class HypervolumeHistoryOf:
         return {"state": self.state, "_seen": {}}
 
 
-def _run_config(state: SearchState, callbacks: Sequence[Any], first: Sequence[Any] = ()) -> Any:
-    """Tune's run config; ``first``: callbacks that run before the MLflow one (early stopping writes a stopped
-    trial's final result, which the parent run's hypervolume history reads)."""
+def _run_config(state: SearchState, callbacks: Sequence[Any]) -> Any:
     from ray import tune
 
     from distat.search.cluster import LeakSweeper
@@ -145,7 +143,7 @@ def _run_config(state: SearchState, callbacks: Sequence[Any], first: Sequence[An
 
     return tune.RunConfig(
         name=state.dir.name, storage_path=str(state.dir.parent.resolve()),
-        callbacks=[*first, MLflowTrialCallback(state.tracking_uri, state.search.name, state.dir,
+        callbacks=[MLflowTrialCallback(state.tracking_uri, state.search.name, state.dir,
                                        uri_source=SavedTrackingUri(state.dir),
                                        search_config=state.search.model_dump(mode="json"),
                                        trial_config=TrialConfigOf(state),
@@ -207,7 +205,7 @@ def _fit_new(state: SearchState, callbacks: Sequence[Any] = (),
                                     num_samples=scfg.search.num_samples, scheduler=scheduler,
                                     max_concurrent_trials=scfg.search.max_concurrent,
                                     reuse_actors=True),
-        run_config=_run_config(state, callbacks, first=stopping),
+        run_config=_run_config(state, [*stopping, *callbacks]),
     )
     return tuner.fit()
 
