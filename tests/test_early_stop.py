@@ -17,6 +17,7 @@ from distat.search.early_stop import (
     MOSuccessiveHalving,
     RungBook,
     RungBookKeeper,
+    constrained_ranks,
     crowding_distances,
     dominates,
     nondominated_ranks,
@@ -42,7 +43,7 @@ def _book(**kw):
 def test_settings_defaults_and_yaml_lists():
     s = EarlyStopSettings.model_validate({"rungs": [1, 3]})
     assert s.rungs == (1, 3)
-    assert (s.stop_fraction, s.min_compared, s.probe_n, s.probe_query_budget, s.probe_seed) == (0.5, 2, 32, 200, 0)
+    assert (s.stop_fraction, s.min_compared, s.probe_n, s.probe_query_budget, s.probe_seed) == (2 / 3, 2, 32, 200, 0)
     assert EarlyStopSettings(rungs=(2,), probe_query_budget=None).probe_query_budget is None
 
 
@@ -266,6 +267,39 @@ def test_toy_search_stops_the_dominated_trial_at_the_first_rung():
     assert order_at_rung(list(book.at[1].values())) == [2, 3, 0, 1]
 
 
+@pytest.mark.parametrize("values, violations, ranks", [
+    ([(0.8, 0.3), (0.5, 0.9), (0.9, 0.9)], [0.0, 0.0, 0.12], [0, 0, 1]),  # infeasible: after every feasible front
+    ([(0.8, 0.3), (0.7, 0.2), (0.5, 0.9), (0.5, 0.95)], [0.0, 0.0, 0.2, 0.1], [0, 1, 3, 2]),  # then by violation
+    ([(0.1, 0.1), (0.9, 0.9), (0.5, 0.5)], [0.3, 0.1, 0.1], [1, 0, 0]),  # none feasible: least violation first
+    ([(0.8, 0.3), (0.7, 0.2)], None, [0, 1]),  # no constraint: plain non-dominated sorting
+])
+def test_constrained_ranks_put_feasible_fronts_first_then_violation_order(values, violations, ranks):
+    assert constrained_ranks(values, violations) == ranks
+    assert [ranks[i] for i in order_at_rung(values, violations)] == sorted(ranks)
+
+
+def test_constrained_ranks_need_one_violation_per_point():
+    with pytest.raises(ValueError, match="2 points but 1 violations"):
+        constrained_ranks([(0.1, 0.1), (0.2, 0.2)], [0.0])
+
+
+def test_a_collapsed_trial_below_the_floor_is_not_protected_by_its_high_robust_value():
+    # predicting one class: robust accuracy looks high, clean accuracy is below the floor. Without the floor it
+    # is on the first front (nobody dominates it) and continues; with it, it ranks last and is stopped
+    plain, floored = _book(), _book()
+    for book in (plain, floored):
+        book.record("A", 1, (0.80, 0.30))
+        book.record("B", 1, (0.82, 0.25))
+    assert not plain.record("C", 1, (0.53, 0.50)).stop
+    d = floored.record("C", 1, (0.53, 0.50), violation=0.12)
+    assert d.stop and (d.position, d.rank) == (3, 1) and "0.12 below the clean floor" in d.reason
+    back = RungBook.from_dict(floored.to_dict())
+    assert back.violation[1] == {"A": 0.0, "B": 0.0, "C": 0.12} and back.stopped == floored.stopped
+    old = floored.to_dict()
+    del old["violation"]  # a book saved before constraints: every trial in it was feasible
+    assert RungBook.from_dict(old).violation == {1: {}}
+
+
 # --- the scheduler --------------------------------------------------------------------------------------------
 
 def _trial(tid):
@@ -293,6 +327,24 @@ def test_scheduler_toy_search_stops_only_the_dominated_trial(caplog):
     stops = [r for r in caplog.records if r.levelno == logging.INFO]
     assert len(stops) == 1 and "trial B" in stops[0].getMessage() and "rung 1" in stops[0].getMessage()
     assert "position 2 of 2" in stops[0].getMessage()
+
+
+def test_scheduler_reads_the_floor_and_does_not_judge_a_stopped_trials_final_result_again():
+    told = []
+    scheduler = MOSuccessiveHalving(EarlyStopSettings(rungs=(1,)), METRICS, floor=("clean_acc", 0.65),
+                                    on_decision=lambda *a: told.append(a))
+    assert scheduler.violation({"clean_acc": 0.53}) == pytest.approx(0.12)
+    assert scheduler.violation({"clean_acc": 0.70}) == 0.0 and scheduler.violation({}) == 0.0
+    scheduler.on_trial_result(None, _trial("A"), _result(1, (0.80, 0.30)))
+    scheduler.on_trial_result(None, _trial("B"), _result(1, (0.82, 0.25)))
+    # the trial stops itself (on_decision), so Tune is told CONTINUE
+    assert scheduler.on_trial_result(None, _trial("C"), _result(1, (0.53, 0.50))) == "CONTINUE"
+    assert told[-1][:3] == ("C", 1, True) and scheduler.stopped_trials() == {"C": (1, (0.53, 0.50))}
+    scheduler.on_trial_result(None, _trial("D"), _result(1, (0.90, 0.40)))
+    # C's final result repeats its rung result: with D at the rung it would now be judged against 4 trials
+    assert scheduler.on_trial_result(None, _trial("C"), _result(1, (0.53, 0.50), phase="stopped")) == "CONTINUE"
+    assert len(told) == 4 and list(scheduler.book.at[1]) == ["A", "B", "C", "D"]
+    assert scheduler.stopped_trials() == {"C": (1, (0.53, 0.50))}
 
 
 def test_scheduler_ignores_non_rung_results_and_results_without_both_metrics():

@@ -25,6 +25,8 @@ def test_early_stopping_stops_the_dominated_trial_at_the_first_rung(tmp_path, ti
 
     spec = search_yaml(tmp_path, tiny_model_dir, "es4", updates={
         "trial": {"train": {"epochs": EPOCHS}},
+        # attacked in the rank-0 Train worker (no actors): a stopped trial must skip that attack too
+        "attack": {"actors": 0},
         "search": {"early_stop": {"rungs": [1], "probe_n": 3, "probe_query_budget": 100},
                    "points": [{"lr": LR_NONE}, {"lr": LR_NONE}, {"lr": LR_COLLAPSE}, {"lr": LR_NONE}]},
     }, params={"lr": {"choice": [LR_NONE, LR_COLLAPSE]}})

@@ -13,11 +13,11 @@ from test_search_space import BASE
 
 from distat.errors import ConfigError
 from distat.search.driver import SearchSpace, trial_points
-from distat.search.early_stop import record_stopped
 from distat.search.probe import PROBE_DIR, PROBE_FILE, probe_settings, proxy_agreement
 from distat.search.searcher import build_searcher
 from distat.search.space import OBJECTIVES, describe, parse_search_config
 from distat.search.state import SearchState, TrialResult, finished_trials, is_finished
+from distat.search.trial import record_stopped
 
 from helpers import shared_data_dir
 
@@ -42,7 +42,7 @@ def test_rungs_must_leave_epochs_to_save():
     with pytest.raises(ConfigError, match="stop_fraction"):
         _config({"rungs": [1], "stop_fraction": 1.0})
     line = describe(_config({"rungs": [1], "probe_n": 16}))
-    assert "early stopping: at epoch(s) 1, a probe of 16 dev examples, 200 queries each; the bottom 0.5" in line
+    assert "early stopping: at epoch(s) 1, a probe of 16 dev examples, 200 queries each; the bottom 0.667" in line
     assert "ranked only, never stopped" in describe(_config({"rungs": [1], "stop": False}))
 
 

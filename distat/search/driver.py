@@ -101,8 +101,10 @@ def _early_stopping(state: SearchState) -> tuple[Any, list[Any]]:
     from distat.search.early_stop import MOSuccessiveHalving, RungBookKeeper
     from distat.search.probe import PROBE_METRIC, DecisionWriter
 
+    floor = clean_floor(state.search)
     scheduler = MOSuccessiveHalving(es, (state.search.search.clean_metric, PROBE_METRIC),
-                                    on_decision=DecisionWriter(state.dir))
+                                    on_decision=DecisionWriter(state.dir),
+                                    floor=("clean_acc", floor) if floor is not None else None)
     return scheduler, [RungBookKeeper(scheduler)]
 
 

@@ -10,7 +10,10 @@ falls in the bottom ``stop_fraction`` of them, in the spirit of MO-ASHA (Schmuck
 * asynchronous: only the arriving trial is judged, as soon as it arrives; a trial is never revisited when
   later arrivals push it down, and nobody waits for a rung to fill. The first ``min_compared - 1`` arrivals at
   a rung always continue;
-* a trial on the first front (non-dominated at its rung) is never stopped, whatever its position.
+* a trial on the first front (non-dominated at its rung) is never stopped, whatever its position;
+* with a constraint (the search's clean-accuracy floor), domination is constrained (:func:`constrained_ranks`):
+  a trial below the floor at its rung ranks after every trial above it, so a model collapsed to one class,
+  whose "robust" accuracy looks high, is not on the first front.
 
 Everything but :class:`MOSuccessiveHalving` and :class:`RungBookKeeper` is pure: :class:`RungBook` is plain,
 picklable data, and the functions take value tuples. :class:`MOSuccessiveHalving` is the Ray Tune
@@ -21,7 +24,8 @@ config's callbacks beside the scheduler it keeps.
 
 A trial stopped here is not a failure and not a pruned trial: its last reported result (the rung's) is its
 final result, and :meth:`MOSuccessiveHalving.stopped_trials` says which trials ended at which rung with which
-values, for the searcher to record the rung on the Optuna trial. :func:`rank_agreement` measures, before the
+values, for the searcher to record the rung on the Optuna trial (the trial writes that final result itself:
+:func:`distat.search.trial.record_stopped`). :func:`rank_agreement` measures, before the
 proxy is trusted, how well its ranking agrees with the full evaluation's over the trials evaluated both ways.
 """
 
@@ -44,10 +48,10 @@ __all__ = [
     "MOSuccessiveHalving",
     "RungBook",
     "RungBookKeeper",
-    "record_stopped",
     "crowding_distances",
     "dominates",
     "nondominated_ranks",
+    "constrained_ranks",
     "order_at_rung",
     "rank_agreement",
     "spearman",
@@ -139,9 +143,35 @@ def crowding_distances(values: Sequence[Sequence[float]], ranks: Sequence[int]) 
     return distances
 
 
-def order_at_rung(values: Sequence[Sequence[float]]) -> list[int]:
-    """Indices of the points best first: by front, then by crowding distance (larger first), then by index."""
-    ranks = nondominated_ranks(values)
+def constrained_ranks(values: Sequence[Sequence[float]], violations: Sequence[float] | None = None) -> list[int]:
+    """The front of each point under constrained domination (Deb, 2000; NSGA-II's constraint handling, as in
+    Optuna's constrained samplers): a feasible point (violation ≤ 0) is better than every infeasible one, the
+    feasible points are sorted into fronts by :func:`nondominated_ranks`, and the infeasible ones come after
+    them, in order of increasing violation (equal violations share a front). Without ``violations`` every
+    point is feasible."""
+    if violations is None:
+        return nondominated_ranks(values)
+    if len(violations) != len(values):
+        raise ValueError(f"{len(values)} points but {len(violations)} violations")
+    # DEVIATION: MO-ASHA ranks every trial by its objectives alone; distat's search has a constraint (the clean
+    # floor, an Optuna constraint too), and a model collapsed to one class below it has a high "robust" accuracy
+    # that would put it on the first front. Constrained domination is how NSGA-II and Optuna handle constraints.
+    feasible = [i for i, v in enumerate(violations) if not v > 0.0]
+    ranks = [0] * len(values)
+    for i, r in zip(feasible, nondominated_ranks([values[i] for i in feasible]), strict=True):
+        ranks[i] = r
+    after = max((ranks[i] for i in feasible), default=-1) + 1
+    levels = sorted({float(v) for v in violations if v > 0.0})
+    for i, v in enumerate(violations):
+        if v > 0.0:
+            ranks[i] = after + levels.index(float(v))
+    return ranks
+
+
+def order_at_rung(values: Sequence[Sequence[float]], violations: Sequence[float] | None = None) -> list[int]:
+    """Indices of the points best first: by front (:func:`constrained_ranks`), then by crowding distance
+    (larger first), then by index."""
+    ranks = constrained_ranks(values, violations)
     crowding = crowding_distances(values, ranks)
     return sorted(range(len(ranks)), key=lambda i: (ranks[i], -crowding[i], i))
 
@@ -212,6 +242,7 @@ class RungBook:
     """Which trials reached which rung with which values, and which of them were stopped there.
 
     ``at[rung]`` maps trial id → values in arrival order (arrival breaks the last ties of the ordering);
+    ``violation[rung]`` maps trial id → how far it was outside the constraint there (0: feasible);
     ``stopped`` maps trial id → (rung, values) for every trial stopped. A trial recorded again at a rung it
     already reached (a trial resumed from a checkpoint older than the book) replaces its values there,
     keeps its arrival place, and is judged again.
@@ -220,10 +251,12 @@ class RungBook:
     def __init__(self, settings: EarlyStopSettings) -> None:
         self.settings = settings
         self.at: dict[int, dict[str, Values]] = {rung: {} for rung in settings.rungs}
+        self.violation: dict[int, dict[str, float]] = {rung: {} for rung in settings.rungs}
         self.stopped: dict[str, tuple[int, Values]] = {}
 
-    def record(self, trial_id: str, rung_epoch: int, values: Sequence[float]) -> Decision:
-        """Record ``trial_id``'s values at ``rung_epoch`` and decide whether it stops there.
+    def record(self, trial_id: str, rung_epoch: int, values: Sequence[float], violation: float = 0.0) -> Decision:
+        """Record ``trial_id``'s values at ``rung_epoch`` (and its constraint ``violation``, 0 when feasible)
+        and decide whether it stops there.
 
         Not a rung: continue, nothing recorded. Fewer than ``min_compared`` trials at the rung (this one
         included): continue. Otherwise the rung's trials are ordered by :func:`order_at_rung`; the trial
@@ -238,6 +271,10 @@ class RungBook:
             raise ValueError(f"trial {trial_id} reported {len(point)} values at rung {rung_epoch}, "
                              f"the others {len(next(iter(rung.values())))}")
         rung[trial_id] = point
+        if not hasattr(self, "violation"):  # a book pickled before constraints (an older search's tuner.pkl)
+            self.violation = {r: {} for r in self.at}
+        violations = self.violation.setdefault(rung_epoch, {})
+        violations[trial_id] = max(float(violation), 0.0) if math.isfinite(float(violation)) else math.inf
         self.stopped.pop(trial_id, None)
         n = len(rung)
         if n < self.settings.min_compared:
@@ -245,16 +282,23 @@ class RungBook:
                             f"needed have reached rung {rung_epoch}", compared=n)
         ids = list(rung)
         points = [rung[t] for t in ids]
-        ranks = nondominated_ranks(points)
+        outside = [violations.get(t, 0.0) for t in ids]
+        ranks = constrained_ranks(points, outside)
         crowding = crowding_distances(points, ranks)
-        order = order_at_rung(points)
+        order = order_at_rung(points, outside)
         me = ids.index(trial_id)
         position = order.index(me) + 1
         cut = math.floor(self.settings.stop_fraction * n + 1e-9)  # 0.29 * 100 is 28.999999999999996
         in_bottom = position > n - cut
+        # DEVIATION: MO-ASHA (Syne Tune's MOASHA) stops any arrival outside the top 1/η of its rung; here a trial
+        # on the rung's first front is never stopped. With the few trials of a search, the front at a rung is a
+        # large share of it, and stopping a non-dominated trial on crowding alone can remove a point of the final
+        # front (the hypervolume the issue asks to keep).
         would_stop = in_bottom and ranks[me] != 0
         stop = would_stop and self.settings.stop
-        where = f"position {position} of {n} at rung {rung_epoch} (front {ranks[me]}, crowding {crowding[me]:.3g})"
+        below = f", {outside[me]:.3g} below the clean floor" if outside[me] > 0 else ""
+        where = (f"position {position} of {n} at rung {rung_epoch} (front {ranks[me]}, crowding {crowding[me]:.3g}"
+                 f"{below})")
         if stop:
             reason = f"{where}: in the bottom {cut}"
             self.stopped[trial_id] = (rung_epoch, point)
@@ -271,6 +315,7 @@ class RungBook:
         """The book as JSON-able data (settings included); :meth:`from_dict` reads it back."""
         return {"settings": self.settings.model_dump(mode="json"),
                 "at": {str(rung): {t: list(v) for t, v in trials.items()} for rung, trials in self.at.items()},
+                "violation": {str(rung): dict(trials) for rung, trials in self.violation.items()},
                 "stopped": {t: [rung, list(v)] for t, (rung, v) in self.stopped.items()}}
 
     @classmethod
@@ -278,6 +323,8 @@ class RungBook:
         book = cls(EarlyStopSettings.model_validate(data["settings"]))
         for rung, trials in data["at"].items():
             book.at.setdefault(int(rung), {}).update({t: tuple(map(float, v)) for t, v in trials.items()})
+        for rung, trials in data.get("violation", {}).items():  # a book saved before constraints: all feasible
+            book.violation.setdefault(int(rung), {}).update({t: float(v) for t, v in trials.items()})
         book.stopped = {t: (int(rung), tuple(map(float, v))) for t, (rung, v) in data["stopped"].items()}
         return book
 
@@ -292,14 +339,19 @@ class MOSuccessiveHalving(FIFOScheduler):
     other result continues. Tune's single-objective ``metric`` / ``mode`` are not used
     (:meth:`set_search_properties` accepts and ignores them). Results are not buffered: a trial is judged on
     the result of the rung epoch itself, and Tune ignores any result after a ``STOP``, so the stopped trial's
-    last result is its rung result.
+    last result is its rung result. A trial stopped at a rung that reports that rung's result again (its final
+    result, when it stops itself: ``on_decision``) is not judged again.
+
+    ``floor`` = (metric, value): the constraint of the search (its clean-accuracy floor); a rung result below
+    it is infeasible by how far it is below (:func:`constrained_ranks`).
     """
 
     _supports_buffered_results = False
 
     def __init__(self, settings: EarlyStopSettings, metrics: tuple[str, str], *, epoch_key: str = "epoch",
-                 on_decision: Any = None) -> None:
+                 on_decision: Any = None, floor: tuple[str, float] | None = None) -> None:
         super().__init__()
+        self.floor = floor
         # on_decision(trial_id, epoch, stop, reason): told every rung decision (the trial's workers wait on it)
         self.on_decision = on_decision
         metrics = tuple(metrics)
@@ -330,7 +382,10 @@ class MOSuccessiveHalving(FIFOScheduler):
         found = self.rung_values(result)
         if found is None:
             return TrialScheduler.CONTINUE
-        decision = self.book.record(str(trial.trial_id), *found)
+        epoch, values = found
+        if self.book.stopped.get(str(trial.trial_id), (None,))[0] == epoch:  # its final result: already judged
+            return TrialScheduler.CONTINUE
+        decision = self.book.record(str(trial.trial_id), epoch, values, self.violation(result))
         tell = getattr(self, "on_decision", None)
         if tell is not None:
             try:
@@ -346,6 +401,16 @@ class MOSuccessiveHalving(FIFOScheduler):
         log.debug("early stop: trial %s continues after epoch %d, %s", trial.trial_id, decision.epoch,
                   decision.reason)
         return TrialScheduler.CONTINUE
+
+    def violation(self, result: Mapping[str, Any]) -> float:
+        """How far ``result`` is below the floor (0: at or above it, or no floor, or the metric not reported)."""
+        floor = getattr(self, "floor", None)  # a scheduler pickled before constraints has none
+        if floor is None:
+            return 0.0
+        value = result.get(floor[0])
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(float(value)):
+            return 0.0
+        return max(float(floor[1]) - float(value), 0.0)
 
     def stopped_trials(self) -> dict[str, tuple[int, Values]]:
         """Trial id → (the rung it was stopped at, its values there), for every trial stopped so far."""
@@ -387,31 +452,3 @@ class RungBookKeeper(Callback):
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.scheduler.book = RungBook.from_dict(state["rung_book"])
-
-
-def record_stopped(state: Any, trial_id: str, config: dict[str, Any], last: dict[str, Any],
-                   rung: int) -> dict[str, Any]:
-    """Write the final result of trial ``trial_id`` (Tune config ``config``) stopped at epoch ``rung``
-    (``last``: its rung result) and return its metrics: the rung's clean scores and probe, ``early_stopped_epoch``,
-    no ``robust_acc`` (the full evaluation never ran: the trial is listed apart from the front, never on it)."""
-    import time
-
-    from distat.search.space import sampled_params
-    from distat.search.state import TrialResult, is_finished, worker_starts
-
-    out = state.trial_dir(trial_id)
-    if is_finished(out):
-        return TrialResult.load(out).metrics
-    numbers = {k: float(v) for k, v in last.items()
-               if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))}
-    keep = ("clean_acc", "macro_f1", "balanced_acc", "majority_rate", "epoch", "diverged")
-    metrics: dict[str, Any] = {k: numbers[k] for k in keep if k in numbers}
-    metrics.update({k: v for k, v in last.items() if str(k).startswith("probe_")})
-    metrics.update({"early_stopped_epoch": float(rung), "phase": "stopped", "trial_dir": str(out)})
-    starts = worker_starts(out)
-    started, now = (starts[0].time if starts else time.time()), time.time()
-    TrialResult(trial_id=trial_id, params=sampled_params(state.search, config), metrics=metrics,
-                train={k: v for k, v in numbers.items() if not k.startswith(("time_", "probe_"))},
-                train_wall=(started, now), placement={"stopped_at_rung": rung}, finished_at=now).save(out)
-    log.info("early stop: trial %s stopped after epoch %d; its rung result is its final result", trial_id, rung)
-    return metrics

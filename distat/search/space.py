@@ -660,8 +660,9 @@ class EarlyStopSettings(Strict):
 
     #: Epochs after which the trials are compared, strictly increasing (e.g. ``[1]`` or ``[1, 3]``).
     rungs: tuple[Annotated[StrictInt, Field(ge=1)], ...]
-    #: The bottom fraction of a rung that is stopped: 0.5 = successive halving (reduction factor 2).
-    stop_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
+    #: The bottom fraction of a rung that is stopped: 1 - 1/η for a reduction factor η. The default, 2/3, is
+    #: η = 3, MO-ASHA's (Schmucker et al., 2021; Syne Tune's ``MOASHA``) and ASHA's; 0.5 is halving (η = 2).
+    stop_fraction: float = Field(default=2 / 3, gt=0.0, lt=1.0)
     #: A trial is judged only when at least this many trials (itself included) have reached its rung.
     min_compared: StrictInt = Field(default=2, ge=2)
     #: Examples of the seeded probe subset attacked at a rung.
@@ -1241,7 +1242,8 @@ def _attack_list(a: AttackSettings) -> str:
 
 def _early_stop_text(es: EarlyStopSettings) -> str:
     budget = f", {es.probe_query_budget} queries each" if es.probe_query_budget else ""
-    action = (f"the bottom {_fmt(es.stop_fraction)} of each rung stopped (non-dominated sorting, crowding distance)"
+    action = (f"the bottom {es.stop_fraction:.3g} of each rung stopped (non-dominated sorting, below the clean "
+              "floor last, crowding distance)"
               if es.stop else "ranked only, never stopped (early_stop.stop: false)")
     return (f"early stopping: at epoch(s) {', '.join(map(str, es.rungs))}, a probe of {es.probe_n} dev examples"
             f"{budget}; {action}")

@@ -9,6 +9,8 @@ with the final report, the one Optuna sees (Tune passes no intermediate results 
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -22,6 +24,8 @@ from distat.search.state import (
     is_finished,
     worker_starts,
 )
+
+log = logging.getLogger(__name__)
 
 _TRIAL_MEMORY = 64 * 1024**2  # bytes: the Tune-level trainable's whole reservation (see the module docstring)
 
@@ -136,9 +140,33 @@ def run_trial(config: dict[str, Any], state: SearchState) -> None:
 def _stopped_result(state: SearchState, trial_id: str, config: dict[str, Any], out: Path, rung: int) -> dict[str, Any]:
     """The final result of a trial early stopping stopped at epoch ``rung``: the rung's clean scores (its training
     history) and probe, written as its ``final.json``."""
-    from distat.search.early_stop import record_stopped
     from distat.search.probe import read_probe
 
     history = TrainResult.load(out).history
     last = {**next((h for h in history if int(h.get("epoch", 0)) == rung), history[-1]), **read_probe(out, rung)}
     return {**record_stopped(state, trial_id, config, last, rung), "phase": "stopped"}
+
+
+def record_stopped(state: SearchState, trial_id: str, config: dict[str, Any], last: dict[str, Any],
+                   rung: int) -> dict[str, Any]:
+    """Write the final result of trial ``trial_id`` (Tune config ``config``) stopped at epoch ``rung``
+    (``last``: its rung result) and return its metrics: the rung's clean scores and probe, ``early_stopped_epoch``,
+    no ``robust_acc`` (the full evaluation never ran: the trial is listed apart from the front, never on it)."""
+    from distat.search.space import sampled_params
+
+    out = state.trial_dir(trial_id)
+    if is_finished(out):
+        return TrialResult.load(out).metrics
+    numbers = {k: float(v) for k, v in last.items()
+               if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))}
+    keep = ("clean_acc", "macro_f1", "balanced_acc", "majority_rate", "epoch", "diverged")
+    metrics: dict[str, Any] = {k: numbers[k] for k in keep if k in numbers}
+    metrics.update({k: v for k, v in last.items() if str(k).startswith("probe_")})
+    metrics.update({"early_stopped_epoch": float(rung), "phase": "stopped", "trial_dir": str(out)})
+    starts = worker_starts(out)
+    started, now = (starts[0].time if starts else time.time()), time.time()
+    TrialResult(trial_id=trial_id, params=sampled_params(state.search, config), metrics=metrics,
+                train={k: v for k, v in numbers.items() if not k.startswith(("time_", "probe_"))},
+                train_wall=(started, now), placement={"stopped_at_rung": rung}, finished_at=now).save(out)
+    log.info("early stop: trial %s stopped after epoch %d; its rung result is its final result", trial_id, rung)
+    return metrics

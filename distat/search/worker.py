@@ -45,6 +45,7 @@ def train_worker(config: dict[str, Any]) -> None:
 
     es = job.probe.search.early_stop if job.probe is not None else None
     rungs = set(es.rungs) if es is not None else set()
+    stopped: list[int] = []  # the rung early stopping stopped this trial at, if it did
 
     def on_epoch_end(metrics: dict[str, float], ckpt: Path | None) -> bool:
         epoch = int(metrics.get("epoch", 0))
@@ -58,7 +59,9 @@ def train_worker(config: dict[str, Any]) -> None:
                                     work_cache=_work_cache(out)))
             report["time_probe_s"] = time.perf_counter() - t_probe
         ray.train.report(report)
-        return epoch in rungs and _stopped_at_rung(out, epoch, probed)
+        if epoch in rungs and _stopped_at_rung(out, epoch, probed):
+            stopped.append(epoch)
+        return bool(stopped)
 
     augment_fn, per_epoch = None, 0
     if cfg.augment is not None and cfg.augment.iterative_n > 0:
@@ -78,7 +81,8 @@ def train_worker(config: dict[str, Any]) -> None:
         "loop_s": time.perf_counter() - t0, "metrics": result.metrics, "diverged": result.diverged,
         "history": result.history, "checkpoint": str(result.checkpoint) if result.checkpoint else None,
         "resumed_from_epoch": workers[0].resume_epoch, "workers": workers}
-    if attack_here and result.checkpoint and not result.diverged:
+    # a stopped trial's final result is its rung's (trial.py): the full evaluation would be thrown away
+    if attack_here and result.checkpoint and not result.diverged and not stopped:
         from distat.search.evaluation import robust_eval
 
         t1 = time.perf_counter()
