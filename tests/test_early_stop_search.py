@@ -16,7 +16,7 @@ from helpers import search_yaml
 # epoch (clean and probe robust accuracy 1/3), while left untrained (lr 1e-9) it predicts the majority class
 # (2/3 on both): the trained trial is dominated. It runs third, so two trials are at the rung when it arrives.
 LR_COLLAPSE, LR_NONE = 0.003, 1e-9
-EPOCHS = 30  # many short epochs: a stopped trial that trained on would reach the last one
+EPOCHS = 8  # short epochs: a stopped trial that trained on would reach the last one
 
 
 def test_early_stopping_stops_the_dominated_trial_at_the_first_rung(tmp_path, tiny_model_dir, attack_paths, capsys):
@@ -49,7 +49,7 @@ def test_early_stopping_stops_the_dominated_trial_at_the_first_rung(tmp_path, ti
     assert finals[dead]["metrics"]["early_stopped_epoch"] == 1.0 and "robust_acc" not in finals[dead]["metrics"]
     assert finals[dead]["metrics"]["probe_robust_acc"] == probes[dead]["probe_robust_acc"]
     # stopped for real, at the rung: its Train workers waited there for the decision and ended their loop (no
-    # epoch after the rung, of its 30), and its model was never attacked beyond the probe
+    # epoch after the rung, of its 8), and its model was never attacked beyond the probe
     assert _newest_epoch(search_dir / "trials" / dead) == 1
     decision = json.loads((search_dir / "trials" / dead / "probe" / "epoch_001" / "decision.json").read_text())
     assert decision["stop"] is True and ": in the bottom" in decision["reason"]

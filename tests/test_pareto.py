@@ -956,6 +956,40 @@ def small_search_config(name: str = "hv"):
     })
 
 
+def test_a_callback_back_from_the_snapshot_still_records_the_search_and_each_trials_whole_config(tmp_path):
+    """Tune's experiment snapshot pickles the MLflow callback; `distat resume` / `extend` run on with the pickled
+    one. Trials started after that still get their whole config (``trial.*`` params, a ``<method> <id>`` name) on
+    their child run, and a parent run opened by it gets the search's config."""
+    import pickle
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from distat.search.driver import TrialConfigOf
+    from distat.search.state import SearchState
+    from distat.tracking.mlflow import MLflowTrialCallback
+
+    scfg = small_search_config("snap")
+    search_dir = tmp_path / "searches" / "snap"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    state = SearchState(search=scfg, search_dir=str(search_dir), cache_dir=str(tmp_path / "cache"), tracking_uri=uri)
+    callback = MLflowTrialCallback(uri, scfg.name, search_dir, search_config=scfg.model_dump(mode="json"),
+                                   trial_config=TrialConfigOf(state))
+    restored = pickle.loads(pickle.dumps(callback))
+    trial = SimpleNamespace(trial_id="t9", config={"adv_lr": 0.05})
+    write_trial(search_dir, "t9", {"adv_lr": 0.05}, {"clean_acc": 0.7, "robust_acc": 0.3}, {})
+    restored.on_trial_start(0, [], trial)
+    restored.on_trial_complete(0, [], trial)
+    assert restored.pending == 0
+    client = MlflowClient(tracking_uri=uri)
+    child = client.get_run(restored._runs["t9"])
+    assert child.data.params["trial.method.adv_lr"] == "0.05" and child.data.params["adv_lr"] == "0.05"
+    assert child.data.tags["mlflow.runName"] == "pgd t9"
+    parent = client.get_run(restored.tracker.parent_id)
+    assert parent.data.params["search.search.num_samples"] == "4"
+    assert "search_config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
 def test_parent_run_gets_each_hypervolume_step_once(tmp_path, caplog):
     """The MLflow callback, driven by hand on a real local store, logs the parent run's ``hypervolume`` after
     each trial completion from the trials on disk; a callback back from a pickled snapshot (a resumed search)

@@ -254,10 +254,12 @@ def _newest_epoch(trial_dir: Path) -> int:
 
 
 @pytest.mark.slow
-def test_driver_sigkill_then_resume_keeps_finished_trials(tmp_path, tiny_model_dir, attack_paths, ray_nodes):
+def test_driver_sigkill_then_extend_keeps_finished_trials_and_grows_the_study(tmp_path, tiny_model_dir, attack_paths,
+                                                                            ray_nodes):
     """The driver of a search on a running cluster is SIGKILLed at a random moment after the first trial
-    finished; `distat resume` on the same cluster completes the search: finished trials kept as they were,
-    none run twice, in-flight trials resumed from their newest distat checkpoint, Optuna's history whole."""
+    finished; `distat extend --trials 1` on the same cluster continues it as `distat resume` would and adds a
+    trial: finished trials kept as they were, none run twice, in-flight trials resumed from their newest distat
+    checkpoint, Optuna's history whole and one longer. (`distat resume` itself: the Ctrl-C test.)"""
     import random
 
     from mlflow.tracking import MlflowClient
@@ -281,14 +283,14 @@ def test_driver_sigkill_then_resume_keeps_finished_trials(tmp_path, tiny_model_d
                        if p.parent.parent.name in in_flight}
     assert finished and len(finished) < 4, log.read_text()[-3000:]
 
-    resumed = subprocess.run(distat_cmd("resume", str(search_dir), "--address", ray_nodes.address), cwd=tmp_path,
-                             env=ray_nodes.env(), capture_output=True, text=True, timeout=900)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Pareto front" in resumed.stdout
+    extended = subprocess.run(distat_cmd("extend", str(search_dir), "--trials", "1", "--address", ray_nodes.address),
+                              cwd=tmp_path, env=ray_nodes.env(), capture_output=True, text=True, timeout=900)
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert "Pareto front" in extended.stdout and "5 planned" in extended.stderr + extended.stdout
 
     done = finals(search_dir)
-    assert len(done) == 4  # the trial budget is respected: no extra, none lost
-    assert len([p for p in (search_dir / "trials").iterdir() if p.is_dir()]) == 4  # no duplicate trial ids
+    assert len(done) == 5  # the trial budget, grown by one, is respected: no extra, none lost
+    assert len([p for p in (search_dir / "trials").iterdir() if p.is_dir()]) == 5  # no duplicate trial ids
     for trial_id, mtime in finished.items():
         assert (search_dir / "trials" / trial_id / "final.json").stat().st_mtime_ns == mtime  # not re-run
     # trials started after Tune's last snapshot are unknown to the restored search: their folders are set
@@ -304,9 +306,9 @@ def test_driver_sigkill_then_resume_keeps_finished_trials(tmp_path, tiny_model_d
         if ckpt.parent.parent.name not in orphans:
             assert ckpt.stat().st_mtime_ns == mtime  # nothing before the newest checkpoint was trained again
 
-    # Optuna's history (Tune's searcher snapshot): exactly the 4 finished trials, with their results
+    # Optuna's history (Tune's searcher snapshot): exactly the 5 finished trials, with their results
     history = optuna_history(search_dir)
-    assert [t["state"] for t in history] == ["COMPLETE"] * 4, history
+    assert [t["state"] for t in history] == ["COMPLETE"] * 5, history
     told = sorted((json.dumps(t["params"], sort_keys=True), tuple(t["values"])) for t in history)
     on_disk = sorted((json.dumps(f["params"], sort_keys=True), (f["metrics"]["clean_acc"], f["metrics"]["robust_acc"]))
                      for f in done.values())
@@ -348,16 +350,16 @@ def test_ctrl_c_stops_the_search_with_exit_130_and_a_resume_hint(tmp_path, tiny_
     assert f"distat resume {search_dir}" in text
     assert "Pareto front" not in text and len(finals(search_dir)) < 2
 
-    # `distat extend` after the stop: the stopped search's 2 trials are finished and one more is added
+    # `distat resume` after the stop finishes the search: the trials that finished on the way are kept as they were
     stopped = {t: (search_dir / "trials" / t / "final.json").stat().st_mtime_ns for t in finals(search_dir)}
-    extended = subprocess.run(distat_cmd("extend", str(search_dir), "--trials", "1", "--address", ray_nodes.address),
-                              cwd=tmp_path, env=ray_nodes.env(), capture_output=True, text=True, timeout=900)
-    assert extended.returncode == 0, extended.stderr[-3000:]
-    assert "3 planned" in extended.stderr + extended.stdout and "of 3 trials" in extended.stdout
+    resumed = subprocess.run(distat_cmd("resume", str(search_dir), "--address", ray_nodes.address), cwd=tmp_path,
+                             env=ray_nodes.env(), capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Pareto front" in resumed.stdout and "of 2 trials" in resumed.stdout
     done = finals(search_dir)
-    assert len(done) == 3 and all((search_dir / "trials" / t / "final.json").stat().st_mtime_ns == m
+    assert len(done) == 2 and all((search_dir / "trials" / t / "final.json").stat().st_mtime_ns == m
                                   for t, m in stopped.items())
-    assert [t["state"] for t in optuna_history(search_dir)] == ["COMPLETE"] * 3
+    assert [t["state"] for t in optuna_history(search_dir)] == ["COMPLETE"] * 2
 
 
 @pytest.mark.parametrize(("local", "watcher"), [(True, "0"), (False, None)])

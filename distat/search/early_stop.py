@@ -315,7 +315,7 @@ class RungBook:
         """The book as JSON-able data (settings included); :meth:`from_dict` reads it back."""
         return {"settings": self.settings.model_dump(mode="json"),
                 "at": {str(rung): {t: list(v) for t, v in trials.items()} for rung, trials in self.at.items()},
-                "violation": {str(rung): dict(trials) for rung, trials in self.violation.items()},
+                "violation": {str(rung): dict(trials) for rung, trials in getattr(self, "violation", {}).items()},
                 "stopped": {t: [rung, list(v)] for t, (rung, v) in self.stopped.items()}}
 
     @classmethod

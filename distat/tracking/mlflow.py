@@ -451,8 +451,11 @@ class MLflowTrialCallback(Callback):
             self._down = False
 
     def __getstate__(self) -> dict[str, Any]:  # the experiment snapshot pickles callbacks
-        return {"_args": self._args, "_uri_source": getattr(self, "_uri_source", None), "_tracker": None, "_runs": {},
-                "_backlog": [], "_down": False, "_retry_at": 0.0, "_hypervolume": getattr(self, "_hypervolume", None)}
+        # what a resumed search needs (the search's and each trial's whole config, the hypervolume history), not
+        # the connection, the runs of this driver or its queue
+        keep = ("_uri_source", "_search_config", "_trial_config", "_hypervolume")
+        return {"_args": self._args, **{k: getattr(self, k, None) for k in keep}, "_tracker": None, "_runs": {},
+                "_backlog": [], "_down": False, "_retry_at": 0.0}
 
 
 def _answers(uri: str) -> bool:
