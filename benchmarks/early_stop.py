@@ -15,7 +15,7 @@ each final front (reference (0, 0); a stopped trial is never on its front) and `
 probed and not stopped (a user measures it over every trial first, with ``early_stop.stop: false``). The last
 line is JSON.
 
-    .venv/bin/python benchmarks/early_stop.py [--train-rows 400] [--n 100] [--epochs 4]
+    .venv/bin/python benchmarks/early_stop.py [--train-rows 400] [--n 100] [--epochs 4] [--trials 8]
 
 Needs the offline resources: `.venv/bin/distat resources build`.
 """
@@ -39,7 +39,7 @@ POINTS = [  # (method, adv_lr, lr): two that cannot learn in a few epochs, the r
 ]
 
 
-def config(name: str, train_rows: int, n: int, epochs: int, early_stop: bool) -> object:
+def config(name: str, train_rows: int, n: int, epochs: int, trials: int, early_stop: bool) -> object:
     from distat.search.space import parse_search_config
 
     return parse_search_config({
@@ -52,7 +52,7 @@ def config(name: str, train_rows: int, n: int, epochs: int, early_stop: bool) ->
                   "train": {"epochs": epochs, "batch_size": 16, "lr": 2e-4}},
         "attack": {"recipe": "textfooler", "n": n, "actors": 0,
                    "options": {"max_candidates": 10, "max_modify_rate": 0.3}},
-        "search": {"num_samples": len(POINTS), "max_concurrent": 2, "clean_acc_floor": FLOOR,
+        "search": {"num_samples": trials, "max_concurrent": 2, "clean_acc_floor": FLOOR,
                    **({"early_stop": {"rungs": [1], "probe_n": 24, "probe_query_budget": 150}} if early_stop else {})},
         "resources": {"num_workers": 1, "cpus_per_worker": 1},
         "params": {"method": {"choice": ["standard", "pgd", "freelb"]},
@@ -61,8 +61,22 @@ def config(name: str, train_rows: int, n: int, epochs: int, early_stop: bool) ->
     })
 
 
-def points() -> list[dict]:
-    return [{"method": m, "lr": lr, **({"adv_lr": a} if a is not None else {})} for m, a, lr in POINTS]
+GRID = [(m, a, lr) for m in ("standard", "pgd", "freelb") for a in ((None,) if m == "standard" else (0.03, 0.06, 0.1))
+        for lr in (2e-4, 1e-4, 1e-6)]  # the whole space: 21 points
+
+
+def chosen(trials: int) -> list[tuple]:
+    """The 8 fixed points, then (``--trials`` above 8) points of the rest of the space drawn with a fixed seed:
+    a longer search, as a sampler would propose it, not picked by hand."""
+    import random
+
+    rest = [p for p in GRID if p not in POINTS]
+    random.Random(0).shuffle(rest)
+    return (POINTS + rest)[:trials]
+
+
+def points(trials: int) -> list[dict]:
+    return [{"method": m, "lr": lr, **({"adv_lr": a} if a is not None else {})} for m, a, lr in chosen(trials)]
 
 
 def floored(search_dir: Path) -> list:
@@ -77,6 +91,8 @@ def main() -> int:
     parser.add_argument("--train-rows", type=int, default=400)
     parser.add_argument("--n", type=int, default=100, help="dev examples attacked by the full evaluation")
     parser.add_argument("--epochs", type=int, default=4, help="epochs of every trial (the rung is epoch 1)")
+    parser.add_argument("--trials", type=int, default=len(POINTS), choices=range(2, len(GRID) + 1), metavar="2..21",
+                        help="trials per search: the 8 fixed points, then seeded draws from the rest of the space")
     args = parser.parse_args()
 
     from distat import resources
@@ -86,9 +102,10 @@ def main() -> int:
     cache = resources.cache_dir()
     resources.resolve(cache)
     work = Path(tempfile.mkdtemp(prefix="distat-bench-es-"))
-    plain_s, plain = run_search(config("plain", args.train_rows, args.n, args.epochs, False), work / "plain", cache, points())
-    es_s, stopped_points = run_search(config("stopping", args.train_rows, args.n, args.epochs, True), work / "stopping", cache,
-                                      points())
+    plain_s, plain = run_search(config("plain", args.train_rows, args.n, args.epochs, args.trials, False), work / "plain", cache,
+                                  points(args.trials))
+    es_s, stopped_points = run_search(config("stopping", args.train_rows, args.n, args.epochs, args.trials, True),
+                                      work / "stopping", cache, points(args.trials))
     agreement = proxy_agreement(work / "stopping" / "searches" / "stopping")
     plain, stopped_points = (floored(work / name / "searches" / name) for name in ("plain", "stopping"))
     hv_plain, hv_es = hypervolume(plain), hypervolume(stopped_points)
@@ -96,7 +113,7 @@ def main() -> int:
     print(f"work folder: {work}", file=sys.stderr)
     report({"time_ratio": es_s / plain_s, "hypervolume_ratio": hv_es / hv_plain if hv_plain else float("nan"),
             "plain_s": plain_s, "early_stop_s": es_s, "hypervolume_plain": hv_plain, "hypervolume_early_stop": hv_es,
-            "trials": len(POINTS), "stopped": stopped, "proxy_spearman": agreement.rho, "proxy_pairs": agreement.n,
+            "trials": args.trials, "stopped": stopped, "proxy_spearman": agreement.rho, "proxy_pairs": agreement.n,
             "train_rows": args.train_rows, "n": args.n, "epochs": args.epochs})
     return 0
 
