@@ -164,7 +164,7 @@ def bae_paths(tmp_path_factory, attack_paths):
 
     dest = tmp_path_factory.mktemp("mlm") / "mlm"
     texts = local_corpus(shared_data_dir())[:4000]
-    train_mlm_head(default_sentence_encoder(dest.parent), texts, dest, steps=200, eval_words=200)
+    train_mlm_head(default_sentence_encoder(dest.parent), texts, dest, steps=100, eval_words=200)
     return dataclasses.replace(attack_paths, mlm=dest)
 
 
