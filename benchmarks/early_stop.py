@@ -15,7 +15,7 @@ each final front (reference (0, 0); a stopped trial is never on its front) and `
 probed and not stopped (a user measures it over every trial first, with ``early_stop.stop: false``). The last
 line is JSON.
 
-    .venv/bin/python benchmarks/early_stop.py [--train-rows 400] [--n 100] [--epochs 4] [--trials 8]
+    .venv/bin/python benchmarks/early_stop.py [--train-rows 400] [--n 100] [--epochs 4] [--trials 8] [--keep]
 
 Needs the offline resources: `.venv/bin/distat resources build`.
 """
@@ -23,6 +23,7 @@ Needs the offline resources: `.venv/bin/distat resources build`.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -93,6 +94,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=4, help="epochs of every trial (the rung is epoch 1)")
     parser.add_argument("--trials", type=int, default=len(POINTS), choices=range(2, len(GRID) + 1), metavar="2..21",
                         help="trials per search: the 8 fixed points, then seeded draws from the rest of the space")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the two searches' folders (every trial's checkpoints: ~0.4 GB a trial)")
     args = parser.parse_args()
 
     from distat import resources
@@ -110,7 +113,10 @@ def main() -> int:
     plain, stopped_points = (floored(work / name / "searches" / name) for name in ("plain", "stopping"))
     hv_plain, hv_es = hypervolume(plain), hypervolume(stopped_points)
     stopped = sum(1 for p in stopped_points if "early_stopped_epoch" in p.extra)
-    print(f"work folder: {work}", file=sys.stderr)
+    if args.keep:
+        print(f"work folder: {work}", file=sys.stderr)
+    else:  # an 8-trial run leaves 5-7 GB of checkpoints: eight kept runs filled a disk during a ninth
+        shutil.rmtree(work, ignore_errors=True)
     report({"time_ratio": es_s / plain_s, "hypervolume_ratio": hv_es / hv_plain if hv_plain else float("nan"),
             "plain_s": plain_s, "early_stop_s": es_s, "hypervolume_plain": hv_plain, "hypervolume_early_stop": hv_es,
             "trials": args.trials, "stopped": stopped, "proxy_spearman": agreement.rho, "proxy_pairs": agreement.n,
