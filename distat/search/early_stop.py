@@ -172,7 +172,10 @@ def order_at_rung(values: Sequence[Sequence[float]], violations: Sequence[float]
     """Indices of the points best first: by front (:func:`constrained_ranks`), then by crowding distance
     (larger first), then by index."""
     ranks = constrained_ranks(values, violations)
-    crowding = crowding_distances(values, ranks)
+    return _best_first(ranks, crowding_distances(values, ranks))
+
+
+def _best_first(ranks: Sequence[int], crowding: Sequence[float]) -> list[int]:
     return sorted(range(len(ranks)), key=lambda i: (ranks[i], -crowding[i], i))
 
 
@@ -285,7 +288,7 @@ class RungBook:
         outside = [violations.get(t, 0.0) for t in ids]
         ranks = constrained_ranks(points, outside)
         crowding = crowding_distances(points, ranks)
-        order = order_at_rung(points, outside)
+        order = _best_first(ranks, crowding)  # order_at_rung, from the ranks and crowding already computed
         me = ids.index(trial_id)
         position = order.index(me) + 1
         cut = math.floor(self.settings.stop_fraction * n + 1e-9)  # 0.29 * 100 is 28.999999999999996

@@ -144,7 +144,7 @@ def _stopped_result(state: SearchState, trial_id: str, config: dict[str, Any], o
 
     history = TrainResult.load(out).history
     last = {**next((h for h in history if int(h.get("epoch", 0)) == rung), history[-1]), **read_probe(out, rung)}
-    return {**record_stopped(state, trial_id, config, last, rung), "phase": "stopped"}
+    return record_stopped(state, trial_id, config, last, rung)
 
 
 def record_stopped(state: SearchState, trial_id: str, config: dict[str, Any], last: dict[str, Any],
