@@ -59,6 +59,11 @@ def test_search_runs_trials_and_logs_parent_and_children(tmp_path, tiny_model_di
         assert 0 <= f["metrics"]["clean_acc"] <= 1 and 0 <= f["metrics"]["robust_acc"] <= 1
         assert f["params"]["method"] in ("pgd", "adaptive_pgd")
         assert ("w_lr" in f["params"]) == (f["params"]["method"] == "adaptive_pgd")
+        # where it ran, on this GPU-less machine: the CPU, no GPU assigned by Ray (benchmarks/gpu_smoke.py
+        # checks the same records on a GPU)
+        assert [(w["device"], w["gpu_ids"]) for w in f["placement"]["train_workers"]] == [("cpu", [])]
+        assert f["placement"]["attack_actors"] and all((a["device"], a["gpu_ids"]) == ("cpu", [])
+                                                       for a in f["placement"]["attack_actors"])
     assert {p.name for p in (search_dir / "pareto").iterdir()} >= {"pareto.csv", "pareto.png", "pareto.html",
                                                                    "hypervolume_history.csv", "hypervolume_history.png",
                                                                    "hypervolume_history.html"}

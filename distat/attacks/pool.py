@@ -34,16 +34,19 @@ class _Actor:
 
         device = torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
         torch.set_num_threads(1)
+        self.device = str(device)
         self.runner = AttackRunner(job, rebuild_model(config, state, device), tokenizer)
 
     def pid(self) -> int:
         return os.getpid()
 
     def where(self) -> dict[str, Any]:
-        """This actor's Ray node id and process id."""
+        """This actor's Ray node id, process id, torch device and the GPUs Ray assigned it (a fraction of one
+        GPU shows as that GPU's id)."""
         import ray
 
-        return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+        return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "device": self.device,
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
 
     def attack(self, shard: list[Example]) -> list[AttackRecord]:
         return self.runner.run(shard)
@@ -79,7 +82,7 @@ class AttackPool:
 
     def stats(self) -> dict[str, Any]:
         """Where the work ran so far: ``attack_nodes`` (examples attacked per Ray node id), ``attack_actors``
-        (node id and pid of each live actor that finished a shard) and ``actor_restarts``."""
+        (node id, pid, device and GPU ids of each live actor that finished a shard) and ``actor_restarts``."""
         return {"attack_nodes": dict(self.examples_per_node),
                 "attack_actors": [self._known[s] for s in sorted(self._known)],
                 "actor_restarts": self.restarts}

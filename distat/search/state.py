@@ -144,6 +144,8 @@ class WorkerStart(_Record):
     node_id: str
     resume_epoch: int
     time: float
+    device: str = ""  # the torch device it trains on ("cuda:0", "cpu"); "" in records written before it was kept
+    gpu_ids: list[str] = []  # the GPUs Ray assigned it (ray.get_gpu_ids()); [] without use_gpu
 
 
 class TrainResult(_Record):

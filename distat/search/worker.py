@@ -41,7 +41,8 @@ def train_worker(config: dict[str, Any]) -> None:
     cfg, out = job.trial, Path(job.output_dir)
     resume = latest_checkpoint(out / "checkpoints")
     rank = ray.train.get_context().get_world_rank()
-    workers = _announce(out, rank, resume)
+    device = ray.train.torch.get_device()
+    workers = _announce(out, rank, resume, device)
 
     es = job.probe.search.early_stop if job.probe is not None else None
     rungs = set(es.rungs) if es is not None else set()
@@ -69,7 +70,6 @@ def train_worker(config: dict[str, Any]) -> None:
 
         augment_fn, per_epoch = iterative_augmenter(cfg, job.resources.paths(), out), cfg.augment.iterative_n
     attack_here = job.attack_in_worker is not None and rank == 0
-    device = ray.train.torch.get_device()
     if attack_here or (es is not None and rank == 0):
         _preload_textattack(job.resources)
     t0 = time.perf_counter()
@@ -134,7 +134,7 @@ def _preload_textattack(refs: ResourceRefs) -> None:
     threading.Thread(target=run, name="distat-preload-textattack", daemon=True).start()
 
 
-def _announce(out: Path, rank: int, resume: Path | None) -> list[WorkerStart]:
+def _announce(out: Path, rank: int, resume: Path | None, device: Any) -> list[WorkerStart]:
     """Record where this Ray Train worker runs and what it resumes from (a worker group restarted after a
     failure adds records). Returns every rank's record of this start, gathered over ``torch.distributed``
     when there are several workers."""
@@ -145,7 +145,7 @@ def _announce(out: Path, rank: int, resume: Path | None) -> list[WorkerStart]:
 
     info = WorkerStart(rank=rank, pid=os.getpid(), node_id=ray.get_runtime_context().get_node_id(),
                        resume_epoch=int(resume.name.removeprefix(CHECKPOINT_PREFIX)) if resume is not None else 0,
-                       time=time.time())
+                       time=time.time(), device=str(device), gpu_ids=[str(g) for g in ray.get_gpu_ids()])
     record_start(out, info)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         gathered: list[Any] = [None] * dist.get_world_size()
