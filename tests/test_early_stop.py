@@ -392,6 +392,22 @@ def test_scheduler_pickles_with_its_book_intact(dumps, loads):
     assert fresh.on_trial_result(None, _trial("E"), _result(1, (0.1, 0.1))) == "CONTINUE"
 
 
+def test_a_scheduler_pickled_by_an_older_distat_still_judges():
+    # an older search's tuner.pkl: a scheduler without floor and on_decision, a book without violations.
+    # Unpickling calls __setstate__ with the state pickled then
+    scheduler = _scheduler()
+    _run_toy(scheduler)
+    book_state = {k: v for k, v in vars(scheduler.book).items() if k != "violation"}
+    book = RungBook.__new__(RungBook)
+    book.__setstate__(book_state)
+    assert book.violation == {1: {}}
+    old = MOSuccessiveHalving.__new__(MOSuccessiveHalving)
+    old.__setstate__({k: v for k, v in vars(scheduler).items() if k not in ("floor", "on_decision")} | {"book": book})
+    assert (old.floor, old.on_decision) == (None, None) and old.violation({"clean_acc": 0.1}) == 0.0
+    assert old.on_trial_result(None, _trial("E"), _result(1, (0.1, 0.1))) == "STOP"
+    assert old.book.violation[1]["E"] == 0.0 and RungBook.from_dict(old.book.to_dict()).stopped == old.book.stopped
+
+
 def test_scheduler_save_and_restore_round_trip(tmp_path):
     scheduler = _scheduler()
     _run_toy(scheduler)

@@ -1058,9 +1058,9 @@ def test_parent_run_gets_each_hypervolume_step_once(tmp_path, caplog):
     assert len(client.get_metric_history(parent.info.run_id, HYPERVOLUME_METRIC)) == 4
 
     # a callback from a snapshot pickled before the metric existed: no hypervolume, everything else as before
+    # (unpickling calls __setstate__ with the state that distat's __getstate__ returned then)
     old = MLflowTrialCallback.__new__(MLflowTrialCallback)
-    old.__dict__.update({"_args": (uri, scfg.name, search_dir), "_uri_source": None, "_tracker": None, "_runs": {},
-                         "_backlog": [], "_down": False, "_retry_at": 0.0})
+    old.__setstate__({"_args": (uri, scfg.name, search_dir), "_uri_source": None, "_tracker": None, "_runs": {}})
     trials.append(("t5", 0.99, 0.99))
     finish(old, 4)
     assert old.pending == 0 and len(client.get_metric_history(parent.info.run_id, HYPERVOLUME_METRIC)) == 4

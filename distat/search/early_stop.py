@@ -257,6 +257,12 @@ class RungBook:
         self.violation: dict[int, dict[str, float]] = {rung: {} for rung in settings.rungs}
         self.stopped: dict[str, tuple[int, Values]] = {}
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a book pickled before constraints (an older search's tuner.pkl) has no violations: all feasible
+        self.__dict__.update(state)
+        if "violation" not in state:
+            self.violation = {rung: {} for rung in self.at}
+
     def record(self, trial_id: str, rung_epoch: int, values: Sequence[float], violation: float = 0.0) -> Decision:
         """Record ``trial_id``'s values at ``rung_epoch`` (and its constraint ``violation``, 0 when feasible)
         and decide whether it stops there.
@@ -274,8 +280,6 @@ class RungBook:
             raise ValueError(f"trial {trial_id} reported {len(point)} values at rung {rung_epoch}, "
                              f"the others {len(next(iter(rung.values())))}")
         rung[trial_id] = point
-        if not hasattr(self, "violation"):  # a book pickled before constraints (an older search's tuner.pkl)
-            self.violation = {r: {} for r in self.at}
         violations = self.violation.setdefault(rung_epoch, {})
         violations[trial_id] = max(float(violation), 0.0) if math.isfinite(float(violation)) else math.inf
         self.stopped.pop(trial_id, None)
@@ -318,7 +322,7 @@ class RungBook:
         """The book as JSON-able data (settings included); :meth:`from_dict` reads it back."""
         return {"settings": self.settings.model_dump(mode="json"),
                 "at": {str(rung): {t: list(v) for t, v in trials.items()} for rung, trials in self.at.items()},
-                "violation": {str(rung): dict(trials) for rung, trials in getattr(self, "violation", {}).items()},
+                "violation": {str(rung): dict(trials) for rung, trials in self.violation.items()},
                 "stopped": {t: [rung, list(v)] for t, (rung, v) in self.stopped.items()}}
 
     @classmethod
@@ -365,6 +369,10 @@ class MOSuccessiveHalving(FIFOScheduler):
         self.epoch_key = epoch_key
         self.book = RungBook(settings)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a scheduler pickled before constraints or decisions files has no floor and no on_decision
+        self.__dict__.update({"floor": None, "on_decision": None, **state})
+
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         """Accept Tune's search properties and ignore them: the compared metrics are given at construction."""
         return True
@@ -389,7 +397,7 @@ class MOSuccessiveHalving(FIFOScheduler):
         if self.book.stopped.get(str(trial.trial_id), (None,))[0] == epoch:  # its final result: already judged
             return TrialScheduler.CONTINUE
         decision = self.book.record(str(trial.trial_id), epoch, values, self.violation(result))
-        tell = getattr(self, "on_decision", None)
+        tell = self.on_decision
         if tell is not None:
             try:
                 tell(str(trial.trial_id), decision.epoch, decision.stop, decision.reason)
@@ -407,7 +415,7 @@ class MOSuccessiveHalving(FIFOScheduler):
 
     def violation(self, result: Mapping[str, Any]) -> float:
         """How far ``result`` is below the floor (0: at or above it, or no floor, or the metric not reported)."""
-        floor = getattr(self, "floor", None)  # a scheduler pickled before constraints has none
+        floor = self.floor
         if floor is None:
             return 0.0
         value = result.get(floor[0])

@@ -325,17 +325,15 @@ class MLflowTrialCallback(Callback):
     def tracking_uri(self) -> str:
         """The URI to log to: the one ``uri_source`` gives when it gives one (the callback comes back from
         Tune's snapshot with the URI of the search's start), else the one given."""
-        source = getattr(self, "_uri_source", None)  # snapshots pickled before uri_source existed lack it
-        saved = source() if source is not None else None
+        saved = self._uri_source() if self._uri_source is not None else None
         return saved if isinstance(saved, str) and saved else self._args[0]
 
     @property
     def tracker(self) -> Tracker:
         if self._tracker is None:
             tracker = Tracker(self.tracking_uri, *self._args[1:])
-            config = getattr(self, "_search_config", None)  # snapshots pickled before it existed lack it
-            if config is not None:
-                tracker.describe_search(config)
+            if self._search_config is not None:
+                tracker.describe_search(self._search_config)
             self._tracker = tracker
         return self._tracker
 
@@ -346,11 +344,10 @@ class MLflowTrialCallback(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         config = dict(trial.config)
-        builder = getattr(self, "_trial_config", None)
         whole = None
-        if builder is not None:
+        if self._trial_config is not None:
             try:
-                whole = builder(config, trial.trial_id)
+                whole = self._trial_config(config, trial.trial_id)
             except Exception as e:  # noqa: BLE001 - the trial itself reports a bad config; the record is best effort
                 log.warning("no whole trial config for MLflow run of trial %s: %s", trial.trial_id, first_line(e, 200))
 
@@ -378,7 +375,7 @@ class MLflowTrialCallback(Callback):
         import time
 
         self._submit(trial.trial_id, lambda: self.tracker.finish(self._run(trial), "FINISHED"))
-        history = getattr(self, "_hypervolume", None)  # snapshots pickled before it existed lack it
+        history = self._hypervolume
         if history is not None:
             stamp = int(time.time() * 1000)
             self._submit(trial.trial_id, lambda: self._log_hypervolume(history, stamp))
@@ -394,11 +391,11 @@ class MLflowTrialCallback(Callback):
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         import time
 
-        if self._queue() and time.monotonic() >= getattr(self, "_retry_at", 0.0):
+        if self._backlog and time.monotonic() >= self._retry_at:
             self._flush()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        backlog = self._queue()
+        backlog = self._backlog
         if backlog:
             self._flush()
         if backlog:
@@ -411,16 +408,11 @@ class MLflowTrialCallback(Callback):
     @property
     def pending(self) -> int:
         """Logging calls queued while the server did not answer."""
-        return len(self._queue())
-
-    def _queue(self) -> list[tuple[str, Any]]:
-        if not hasattr(self, "_backlog"):  # restored from a snapshot pickled before the queue existed
-            self._backlog, self._down, self._retry_at = [], False, 0.0
-        return self._backlog
+        return len(self._backlog)
 
     def _submit(self, trial_id: str, fn: Any) -> None:
         # a tracking hiccup must never stop the search: results on disk stay complete
-        self._queue().append((trial_id, fn))
+        self._backlog.append((trial_id, fn))
         if not self._down:
             self._flush()
 
@@ -428,7 +420,7 @@ class MLflowTrialCallback(Callback):
         """Send queued calls in order; stop at the first one the server does not answer (kept for later)."""
         import time
 
-        backlog = self._queue()
+        backlog = self._backlog
         uri = self.tracking_uri
         if self._down and not _answers(uri):
             self._retry_at = time.monotonic() + self.retry_s
@@ -453,9 +445,15 @@ class MLflowTrialCallback(Callback):
     def __getstate__(self) -> dict[str, Any]:  # the experiment snapshot pickles callbacks
         # what a resumed search needs (the search's and each trial's whole config, the hypervolume history), not
         # the connection, the runs of this driver or its queue
-        keep = ("_uri_source", "_search_config", "_trial_config", "_hypervolume")
-        return {"_args": self._args, **{k: getattr(self, k, None) for k in keep}, "_tracker": None, "_runs": {},
-                "_backlog": [], "_down": False, "_retry_at": 0.0}
+        keep = ("_args", "_uri_source", "_search_config", "_trial_config", "_hypervolume")
+        return {k: getattr(self, k) for k in keep}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a fresh driver's connection, runs and queue; a snapshot pickled by an older distat lacks the attributes
+        # added since (uri_source, search_config, trial_config, hypervolume_history, the queue): None / empty
+        self.__dict__.update({"_uri_source": None, "_search_config": None, "_trial_config": None,
+                              "_hypervolume": None, **state, "_tracker": None, "_runs": {}, "_backlog": [],
+                              "_down": False, "_retry_at": 0.0})
 
 
 def _answers(uri: str) -> bool:
