@@ -6,7 +6,7 @@ What a user of a GPU cluster relies on and a CPU machine cannot show:
   under bf16 autocast (``model.bf16``, the default); each trial's robust evaluation in 2 attack actors that hold
   a quarter of the GPU each. Checked from the trials' own records: every Train worker and every attack actor
   ran on ``cuda`` with a GPU id assigned by Ray.
-* the attack alone (``distat attack`` on the first trial's model, the same examples): examples/s with 1 actor
+* the attack alone (``distat attack`` on one trial's final model, the search's attack settings): examples/s with 1 actor
   and with 4 actors sharing the GPU (``gpus_per_actor`` 0.25).
 
 The packaged MiniLM (or ``--backbone PATH``) on the shared SST-2 rows; the recipe is PWWS by default (it needs
@@ -28,12 +28,13 @@ from pathlib import Path
 
 from common import report, run_search, shared_data
 
+SHARE = 0.25  # of the GPU: each Train worker and each attack actor
+
 
 def config(backbone: str, recipe: str, train_rows: int, n: int, epochs: int, gpu: bool = True) -> object:
     from distat.search.space import parse_search_config
 
-    share = 0.25 if gpu else 0
-
+    share = SHARE if gpu else 0
     return parse_search_config({
         "name": "gpu_smoke", "seed": 13,
         "trial": {"seed": 13,
@@ -49,6 +50,11 @@ def config(backbone: str, recipe: str, train_rows: int, n: int, epochs: int, gpu
         "params": {"method": {"choice": ["standard", "freelb"]},
                    "adv_lr": {"choice": [0.03, 0.1], "when": {"method": ["freelb"]}}},
     })
+
+
+def _ran_on(part: dict, device: str) -> bool:
+    """A placement record (Train worker or attack actor) on ``device``, with a Ray-assigned GPU exactly when cuda."""
+    return str(part.get("device", "")).startswith(device) and bool(part.get("gpu_ids")) == (device == "cuda")
 
 
 def search_checks(search_dir: Path, device: str = "cuda") -> tuple[dict, list[str]]:
@@ -67,12 +73,9 @@ def search_checks(search_dir: Path, device: str = "cuda") -> tuple[dict, list[st
                "actor_devices": [a.get("device") for a in actors], "actor_gpu_ids": [a.get("gpu_ids") for a in actors],
                "time_train_s": m.get("time_train_s"), "time_attack_s": m.get("time_attack_s")}
         out["trials"].append(row)
-        def on(part: dict) -> bool:
-            return str(part.get("device", "")).startswith(device) and bool(part.get("gpu_ids")) == (device == "cuda")
-
-        if not workers or not all(on(w) for w in workers):
+        if not workers or not all(_ran_on(w, device) for w in workers):
             failed.append(f"trial {f['trial_id']}: a Train worker not on {device}: {workers}")
-        if len(actors) != 2 or not all(on(a) for a in actors):
+        if len(actors) != 2 or not all(_ran_on(a, device) for a in actors):
             failed.append(f"trial {f['trial_id']}: attack actors not 2 on {device}: {actors}")
     # both trials trained at the same time: a quarter of the GPU each
     walls = sorted(f["train_wall"] for f in finals)
@@ -109,7 +112,7 @@ def throughput(model_dir: Path, recipe: str, n: int, actors: int, gpu: bool = Tr
     marks: list[tuple[float, int]] = []
     t0 = time.perf_counter()
     out = attack(AttackRequest(model=str(model_dir), data=str(shared_data() / "sst2"), split="dev", recipe=recipe,
-                               n=n, seed=0, actors=actors, gpus_per_actor=0.25 if gpu else 0,
+                               n=n, seed=0, actors=actors, gpus_per_actor=SHARE if gpu else 0,
                                max_length=64, max_modify_rate=0.3, device="cuda" if gpu else "cpu"),
                  progress=lambda done, total: marks.append((time.perf_counter(), done)))
     wall = time.perf_counter() - t0
@@ -144,7 +147,7 @@ def main() -> int:
     cache = resources.cache_dir()
     work = Path(tempfile.mkdtemp(prefix="distat-gpu-smoke-"))
     scfg = config(args.backbone, args.recipe, args.train_rows, args.n, args.epochs, gpu)
-    wall, points = run_search(scfg, work, cache, [{"method": "standard"}, {"method": "freelb", "adv_lr": 0.1}])
+    wall, _ = run_search(scfg, work, cache, [{"method": "standard"}, {"method": "freelb", "adv_lr": 0.1}])
     checks, failed = search_checks(work / "searches" / "gpu_smoke", "cuda" if gpu else "cpu")
     tracked, not_tracked = mlflow_checks(f"sqlite:///{work / 'mlflow.db'}")
     failed += not_tracked
