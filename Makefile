@@ -14,7 +14,7 @@ demo: setup
 
 test: setup
 	@bash scripts/ensure_chromium.sh
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q --durations=20
 
 # the unit tier only (a few minutes): no Ray, no search subprocess, no real attack, no MLflow server, no browser
 test-fast: setup
