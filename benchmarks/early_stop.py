@@ -23,6 +23,7 @@ Needs the offline resources: `.venv/bin/distat resources build`.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -34,6 +35,7 @@ from common import report, run_search, shared_data
 # With every trial a fixed point, the floor changes no trial, only which points count and which trials rank last
 # at a rung (a trial below it there ranks after every trial above it).
 FLOOR = 0.65
+RUNG = 1  # the early-stopping search's one rung (epoch)
 POINTS = [  # (method, adv_lr, lr): two that cannot learn in a few epochs, the rest ordinary
     ("standard", None, 2e-4), ("pgd", 0.03, 2e-4), ("freelb", 0.1, 2e-4), ("pgd", 0.03, 1e-6),
     ("freelb", 0.03, 2e-4), ("standard", None, 1e-6), ("pgd", 0.1, 1e-4), ("freelb", 0.06, 1e-4),
@@ -54,7 +56,7 @@ def config(name: str, train_rows: int, n: int, epochs: int, trials: int, early_s
         "attack": {"recipe": "textfooler", "n": n, "actors": 0,
                    "options": {"max_candidates": 10, "max_modify_rate": 0.3}},
         "search": {"num_samples": trials, "max_concurrent": 2, "clean_acc_floor": FLOOR,
-                   **({"early_stop": {"rungs": [1], "probe_n": 24, "probe_query_budget": 150}} if early_stop else {})},
+                   **({"early_stop": {"rungs": [RUNG], "probe_n": 24, "probe_query_budget": 150}} if early_stop else {})},
         "resources": {"num_workers": 1, "cpus_per_worker": 1},
         "params": {"method": {"choice": ["standard", "pgd", "freelb"]},
                    "adv_lr": {"choice": [0.03, 0.06, 0.1], "when": {"method": ["pgd", "freelb"]}},
@@ -87,6 +89,50 @@ def floored(search_dir: Path) -> list:
     return trial_points(search_dir, FLOOR)
 
 
+def per_trial(work: Path) -> list[str]:
+    """A Markdown table, one row per point in the plain search's finishing order: its final values and wall
+    time without early stopping, its clean accuracy and dev loss after the rung epoch (from the plain trial's
+    history), and what became of it with early stopping, with the scheduler's reason at the rung."""
+    from distat.search.probe import DECISION_FILE, PROBE_DIR
+    from distat.search.state import TRIALS_DIR, TrainResult, finish_order, finished_trials
+
+    def key(params: dict) -> tuple:
+        return params.get("method"), params.get("adv_lr"), params.get("lr")
+
+    def wall(result) -> str:
+        start = result.train_wall[0]
+        return f"{result.finish_time - start:.0f} s"
+
+    def acc(x) -> str:
+        return f"{x:.3f}" if isinstance(x, int | float) else "-"
+
+    runs = {}
+    for name in ("plain", "stopping"):
+        search = work / name / "searches" / name
+        done = finished_trials(search)
+        runs[name] = {key(done[t].params): (search / TRIALS_DIR / t, done[t]) for t in finish_order(done)}
+    lines = [f"| point | without: clean, robust (wall) | after epoch {RUNG}: clean, dev loss | with early stopping "
+             f"(wall) | at rung {RUNG} |", "|---|---|---|---|---|"]
+    for point, (plain_dir, plain) in runs["plain"].items():
+        method, adv_lr, lr = point
+        label = f"{method}{'' if adv_lr is None else f' α {adv_lr}'}, lr {lr:g}"
+        at_rung = next((h for h in TrainResult.load(plain_dir).history if int(h.get("epoch", 0)) == RUNG), {})
+        without = f"{acc(plain.metrics.get('clean_acc'))}, {acc(plain.metrics.get('robust_acc'))} ({wall(plain)})"
+        rung = f"{acc(at_rung.get('clean_acc'))}, {acc(at_rung.get('dev_loss'))}"
+        es_dir, es = runs["stopping"].get(point, (None, None))
+        if es is None:
+            with_es, reason = "-", "-"
+        else:
+            m = es.metrics
+            with_es = (f"stopped: {acc(m.get('clean_acc'))}, probe {acc(m.get('probe_robust_acc'))} ({wall(es)})"
+                       if "early_stopped_epoch" in m else
+                       f"{acc(m.get('clean_acc'))}, {acc(m.get('robust_acc'))} ({wall(es)})")
+            decision = es_dir / PROBE_DIR / f"epoch_{RUNG:03d}" / DECISION_FILE
+            reason = json.loads(decision.read_text(encoding="utf-8"))["reason"] if decision.is_file() else "-"
+        lines.append(f"| {label} | {without} | {rung} | {with_es} | {reason} |")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--train-rows", type=int, default=400)
@@ -113,6 +159,7 @@ def main() -> int:
     plain, stopped_points = (floored(work / name / "searches" / name) for name in ("plain", "stopping"))
     hv_plain, hv_es = hypervolume(plain), hypervolume(stopped_points)
     stopped = sum(1 for p in stopped_points if "early_stopped_epoch" in p.extra)
+    print("\n".join(per_trial(work)), file=sys.stderr)
     if args.keep:
         print(f"work folder: {work}", file=sys.stderr)
     else:  # an 8-trial run leaves 5-7 GB of checkpoints: eight kept runs filled a disk during a ninth
