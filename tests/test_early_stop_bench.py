@@ -67,3 +67,12 @@ def test_a_point_the_early_stopping_search_never_finished_has_dashes(bench, tmp_
     (tmp_path / "stopping" / "searches" / "stopping" / "trials").mkdir(parents=True)
     row = bench.per_trial(tmp_path)[-1]
     assert row == "| standard, lr 0.0002 | 0.800, 0.300 (10 s) | 0.700, - | - | - |"
+
+
+def test_the_most_robust_point_counts_only_the_front(bench):
+    from distat.tracking.pareto import TrialPoint
+
+    points = [TrialPoint("a", 0.815, 0.39), TrialPoint("b", 0.51, 0.6, infeasible=True),  # collapsed, "robust"
+              TrialPoint("c", 0.49, float("nan"), extra={"early_stopped_epoch": 1.0}), TrialPoint("d", 0.8, 0.35)]
+    assert bench.most_robust(points) == 0.39
+    assert bench.most_robust(points[1:3]) != bench.most_robust(points[1:3])  # no front: NaN
