@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import socket
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -27,6 +32,18 @@ def shared_data_dir() -> Path:
                         "set DISTAT_SHARED_DATA)", pytrace=False)
         pytest.skip(f"shared data not found at {path}")
     return path
+
+
+@contextlib.contextmanager
+def benchmark_script(name: str) -> Iterator[ModuleType]:
+    """``benchmarks/<name>.py`` imported as a module (the scripts import their ``common`` as a sibling, so
+    ``benchmarks/`` is on ``sys.path`` while the block runs)."""
+    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        yield importlib.import_module(name)
+    finally:
+        sys.path.remove(folder)
 
 
 def free_port() -> int:

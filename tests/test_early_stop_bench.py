@@ -4,23 +4,18 @@ made of it and why. (The benchmark itself runs two real searches: benchmarks/res
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        yield importlib.import_module("early_stop")
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    with benchmark_script("early_stop") as module:
+        yield module
 
 
 def _trial(work: Path, search: str, tid: str, params: dict, metrics: dict, history: list[dict],

@@ -4,23 +4,18 @@ workers and attack actors all ran on a Ray-assigned GPU at the same time, and na
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def smoke():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        yield importlib.import_module("gpu_smoke")
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    with benchmark_script("gpu_smoke") as module:
+        yield module
 
 
 def _trial(search: Path, tid: str, wall: tuple[float, float], worker: dict, actors: list[dict]) -> None:
