@@ -43,7 +43,8 @@ from common import report, run_search, shared_data
 # at a rung (a trial below it there ranks after every trial above it).
 FLOOR = 0.65
 RUNG = 1  # the early-stopping search's one rung (epoch)
-POINTS = [  # (method, adv_lr, lr): two that cannot learn in a few epochs, the rest ordinary
+# (method, adv_lr, lr): two that cannot learn in a few epochs (lr 1e-6), a slow starter (PGD α 0.1), the others ordinary
+POINTS = [
     ("standard", None, 2e-4), ("pgd", 0.03, 2e-4), ("freelb", 0.1, 2e-4), ("pgd", 0.03, 1e-6),
     ("freelb", 0.03, 2e-4), ("standard", None, 1e-6), ("pgd", 0.1, 1e-4), ("freelb", 0.06, 1e-4),
 ]
