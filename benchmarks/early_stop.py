@@ -30,7 +30,6 @@ About 80 minutes on 2 CPU cores (the plain search ~50, the other ~27). Needs the
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -108,7 +107,7 @@ def per_trial(work: Path) -> list[str]:
     """A Markdown table, one row per point in the plain search's finishing order: its final values and wall
     time without early stopping, its clean accuracy and dev loss after the rung epoch (from the plain trial's
     history), and what became of it with early stopping, with the scheduler's reason at the rung."""
-    from distat.search.probe import DECISION_FILE, PROBE_DIR
+    from distat.search.probe import read_decision
     from distat.search.state import TRIALS_DIR, TrainResult, finish_order, finished_trials
 
     def key(params: dict) -> tuple:
@@ -142,8 +141,8 @@ def per_trial(work: Path) -> list[str]:
             with_es = (f"stopped: {acc(m.get('clean_acc'))}, probe {acc(m.get('probe_robust_acc'))} ({wall(es)})"
                        if "early_stopped_epoch" in m else
                        f"{acc(m.get('clean_acc'))}, {acc(m.get('robust_acc'))} ({wall(es)})")
-            decision = es_dir / PROBE_DIR / f"epoch_{RUNG:03d}" / DECISION_FILE
-            reason = json.loads(decision.read_text(encoding="utf-8"))["reason"] if decision.is_file() else "-"
+            decision = read_decision(es_dir, RUNG)
+            reason = decision["reason"] if decision is not None else "-"
         lines.append(f"| {label} | {without} | {rung} | {with_es} | {reason} |")
     return lines
 
@@ -167,10 +166,10 @@ def main() -> int:
     cache = resources.cache_dir()
     resources.resolve(cache)
     work = Path(tempfile.mkdtemp(prefix="distat-bench-es-"))
-    plain_s, plain = run_search(config("plain", args.train_rows, args.n, args.epochs, args.trials, False), work / "plain", cache,
-                                  points(args.trials))
-    es_s, stopped_points = run_search(config("stopping", args.train_rows, args.n, args.epochs, args.trials, True),
-                                      work / "stopping", cache, points(args.trials))
+    plain_s, _ = run_search(config("plain", args.train_rows, args.n, args.epochs, args.trials, False), work / "plain", cache,
+                            points(args.trials))
+    es_s, _ = run_search(config("stopping", args.train_rows, args.n, args.epochs, args.trials, True),
+                         work / "stopping", cache, points(args.trials))
     agreement = proxy_agreement(work / "stopping" / "searches" / "stopping")
     plain, stopped_points = (floored(work / name / "searches" / name) for name in ("plain", "stopping"))
     hv_plain, hv_es = hypervolume(plain), hypervolume(stopped_points)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from distat.search.probe import write_decision
+
 from helpers import benchmark_script
 
 
@@ -29,9 +31,7 @@ def _trial(work: Path, search: str, tid: str, params: dict, metrics: dict, histo
         "loop_s": 1.0, "metrics": history[-1], "diverged": False, "history": history, "checkpoint": None,
         "resumed_from_epoch": 0, "workers": []}))
     if decision is not None:
-        rung = out / "probe" / "epoch_001"
-        rung.mkdir(parents=True)
-        (rung / "decision.json").write_text(json.dumps({"epoch": 1, **decision}))
+        write_decision(out, 1, **decision)
 
 
 def test_the_table_follows_each_point_through_both_searches(bench, tmp_path):

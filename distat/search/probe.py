@@ -147,17 +147,25 @@ def write_decision(trial_dir: Path, epoch: int, stop: bool, reason: str) -> None
     write_json(_rung_dir(trial_dir, epoch) / DECISION_FILE, {"epoch": epoch, "stop": stop, "reason": reason})
 
 
+def read_decision(trial_dir: Path, epoch: int) -> dict[str, Any] | None:
+    """What :func:`write_decision` wrote for rung ``epoch`` (``epoch``, ``stop``, ``reason``), or None when the
+    scheduler has not decided on the trial there."""
+    import json
+
+    path = _rung_dir(trial_dir, epoch) / DECISION_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def wait_for_decision(trial_dir: Path, epoch: int, timeout_s: float) -> bool | None:
     """Whether the trial is stopped at rung ``epoch``: the scheduler's decision, waited for up to ``timeout_s``
     (None when none came: the trial goes on)."""
-    import json
     import time
 
-    path = _rung_dir(trial_dir, epoch) / DECISION_FILE
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if path.is_file():
-            return bool(json.loads(path.read_text(encoding="utf-8"))["stop"])
+        decision = read_decision(trial_dir, epoch)
+        if decision is not None:
+            return bool(decision["stop"])
         time.sleep(0.1)
     return None
 
